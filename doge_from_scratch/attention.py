@@ -1,0 +1,214 @@
+"""Dynamic Mask Attention (lesson 02).
+
+DMA is causal attention plus one learned, content-dependent bias per key:
+
+    b_s = exp(A * softplus(dt_proj(v_s)))          one number per key s and per bias head
+    scores[t, s] = q_t . k_s / sqrt(d) + b_s       for every key s that query t may see
+
+and, once there are more keys than ``keep_window_size``, each query row keeps only the
+``keep_window_size`` keys with the largest bias (the rest are masked out). Two attention variants exist:
+
+- ``native`` (transformers, generation C): q/k RMSNorm over head_dim, one bias per KV head, masked
+  positions *replaced* by the dtype minimum, the mask repeated over the query heads of each group.
+- ``classic`` (first Hub checkpoints, generations A/B): no q/k norm, one bias per *query* head
+  (``dt_proj`` maps to n_heads), the bias *added* to the additive causal mask.
+
+Two execution paths give the same numbers:
+
+- ``materialised``: build the [B, heads, T, S] mask exactly as the reference does. Needed for the
+  keep-window top-k, which selects keys per row.
+- ``fused`` (native, S <= keep_window_size): no mask tensor at all. Because the bias depends only on
+  the key, it can ride inside the dot product: append a 1 to every query and ``b_s * sqrt(d)`` to every
+  key, and ``q'.k' / sqrt(d) = q.k / sqrt(d) + b_s``. PyTorch's fused SDPA kernels then do the rest,
+  with ``is_causal`` or a boolean [B, 1, T, S] padding mask shared by all heads and layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import RMSNorm, apply_rotary
+
+BACKENDS = ("auto", "materialised")
+
+
+class KVCacheLike(Protocol):
+    """What attention needs from a cache: append this step's keys/values, return all of them."""
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def get_seq_length(self, layer_idx: int = 0) -> int: ...
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, n_kv, ..., ] -> [B, n_kv * n_rep, ...]: each KV head serves n_rep consecutive query heads."""
+    if n_rep == 1:
+        return x
+    b, h, *rest = x.shape
+    return x[:, :, None].expand(b, h, n_rep, *rest).reshape(b, h * n_rep, *rest)
+
+
+def causal_padding_mask(attention_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int,
+                        device: torch.device) -> torch.Tensor:
+    """Which keys each query may see. -> bool [B, 1, T, S] (True = allowed).
+
+    attention_mask: [B, S] with 1 for real tokens and 0 for padding, covering cached keys too.
+    Queries are the last T of the S positions, so query t sits at absolute position S - T + t.
+    """
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)
+    k_pos = torch.arange(kv_len, device=device)
+    allowed = (k_pos[None, :] <= q_pos[:, None])[None, None].expand(batch, 1, q_len, kv_len)
+    if attention_mask is not None:
+        if attention_mask.shape != (batch, kv_len):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                             f"[batch, past + new tokens] = {(batch, kv_len)}")
+        allowed = allowed & attention_mask[:, None, None, :].bool()
+    return allowed
+
+
+def dynamic_bias(value_states: torch.Tensor, dt_proj: nn.Linear, A: torch.Tensor) -> torch.Tensor:
+    """The per-key bias b = exp(A * softplus(dt_proj(v))) from all KV heads of each key.
+
+    value_states: [B, n_kv, S, d] -> [B, n_bias, S]
+    """
+    b, _, s, _ = value_states.shape
+    dt = dt_proj(value_states.transpose(1, 2).reshape(b, s, -1))
+    return torch.exp(A * F.softplus(dt)).transpose(-1, -2)
+
+
+def dynamic_mask(bias: torch.Tensor, allowed: torch.Tensor, keep_window_size: int, dtype: torch.dtype,
+                 classic: bool = False) -> torch.Tensor:
+    """The additive DMA mask. bias: [B, n_bias, S], allowed: bool [B, 1, T, S] -> [B, n_bias, T, S].
+
+    native: forbidden positions are replaced by the dtype minimum, then each row keeps its
+    ``keep_window_size`` largest entries (top-k over keys) when there are more keys than that.
+    classic: the bias is added to the 0/min causal mask; there is no top-k.
+    """
+    neg = torch.finfo(dtype).min
+    b, h, s = bias.shape
+    t = allowed.shape[-2]
+    if classic:
+        if s > keep_window_size:
+            raise ValueError(
+                f"a classic-generation Doge attends to at most keep_window_size={keep_window_size} keys "
+                f"(its dynamic_mask_ratio is 0), but got {s}; shorten the input or raise keep_window_size")
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=bias.device).masked_fill(~allowed, neg)
+        return additive + bias[:, :, None, :].to(dtype)
+    mask = bias[:, :, None, :].expand(b, h, t, s).masked_fill(~allowed, neg).to(dtype)
+    if s > keep_window_size:
+        top = torch.topk(mask, keep_window_size, dim=-1, largest=True, sorted=False).indices
+        kept = torch.zeros_like(mask, dtype=torch.bool).scatter(-1, top, True)
+        mask = mask.masked_fill(~kept, neg)
+    return mask
+
+
+def attend_materialised(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                        scale: float, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v, softmax in float32.
+
+    q: [B, n_h, T, d]; k, v: [B, n_kv, S, d]; mask: [B, n_h, T, S] -> [B, n_h, T, d]
+    """
+    groups = q.shape[1] // k.shape[1]
+    scores = torch.matmul(q, repeat_kv(k, groups).transpose(2, 3)) * scale + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = F.dropout(probs, p=dropout, training=training)
+    return torch.matmul(probs, repeat_kv(v, groups))
+
+
+def attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                 allowed: torch.Tensor | None, scale: float, dropout: float = 0.0) -> torch.Tensor:
+    """The same numbers as ``attend_materialised`` for S <= keep window, without a [T, S] float mask.
+
+    q: [B, n_h, T, d]; k, v: [B, n_kv, S, d]; bias: [B, n_kv, S];
+    allowed: bool [B, 1, T, S], or None for plain causal attention over the last T of S positions.
+    """
+    ones = torch.ones(*q.shape[:-1], 1, dtype=q.dtype, device=q.device)
+    q_ext = torch.cat((q, ones), dim=-1)
+    k_ext = torch.cat((k, (bias / scale).unsqueeze(-1).to(k.dtype)), dim=-1)
+    t, s = q.shape[-2], k.shape[-2]
+    groups = q.shape[1] // k.shape[1]
+    if allowed is None:
+        if t == s or t == 1:
+            return F.scaled_dot_product_attention(q_ext, k_ext, v, is_causal=t > 1, scale=scale,
+                                                  dropout_p=dropout, enable_gqa=groups > 1)
+        allowed = causal_padding_mask(None, q.shape[0], t, s, q.device)
+    # A row with no visible key gets min everywhere in the reference, i.e. a uniform average of all values.
+    empty_rows = ~allowed.any(dim=-1, keepdim=True)  # [B, 1, T, 1]
+    has_empty = bool(empty_rows.any())
+    safe_mask = allowed | empty_rows if has_empty else allowed
+    out = F.scaled_dot_product_attention(q_ext, k_ext, v, attn_mask=safe_mask, scale=scale,
+                                         dropout_p=dropout, enable_gqa=groups > 1)
+    if has_empty:
+        uniform = repeat_kv(v.mean(dim=-2, keepdim=True), groups)
+        out = torch.where(empty_rows, uniform, out)
+    return out
+
+
+class DogeAttention(nn.Module):
+    """Dynamic Mask Attention with grouped-query heads and an optional KV cache."""
+
+    def __init__(self, config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.classic = config.attention_variant == "classic"
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim ** -0.5
+        self.keep_window_size = config.keep_window_size
+        self.attention_dropout = float(config.attention_dropout or 0.0)
+        self.backend = "auto"
+        bias = config.attention_bias
+        n_bias = self.num_heads if self.classic else self.num_kv_heads
+
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.A = nn.Parameter(torch.zeros(n_bias))
+        self.dt_proj = nn.Linear(self.num_kv_heads * self.head_dim, n_bias, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        if not self.classic:
+            self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x: [B, T, H] -> q [B, n_h, T, d], k and v [B, n_kv, T, d] (q and k normed and rotated)."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, -1, self.head_dim)
+        k = self.k_proj(x).view(b, t, -1, self.head_dim)
+        v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        if not self.classic:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                allowed: torch.Tensor | None = None, padded: bool = True,
+                past_key_values: KVCacheLike | None = None) -> torch.Tensor:
+        """x: [B, T, H] -> [B, T, H].
+
+        allowed: bool [B, 1, T, S] from ``causal_padding_mask``; ``padded=False`` promises it is
+        plain causal (no padding), which lets the fused path skip the mask entirely.
+        """
+        b, t, _ = x.shape
+        q, k, v = self.project(x, *position_embeddings)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        s = k.shape[-2]
+        if allowed is None:
+            allowed = causal_padding_mask(None, b, t, s, x.device)
+        bias = dynamic_bias(v, self.dt_proj, self.A)
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.backend == "auto" and not self.classic and s <= self.keep_window_size:
+            out = attend_fused(q, k, v, bias, None if not padded else allowed, self.scaling, dropout)
+        else:
+            mask = dynamic_mask(bias, allowed, self.keep_window_size, x.dtype, classic=self.classic)
+            if not self.classic:
+                mask = repeat_kv(mask, self.num_heads // self.num_kv_heads)
+            out = attend_materialised(q, k, v, mask, self.scaling, dropout, self.training)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
