@@ -72,10 +72,10 @@ REASONING_SYSTEM_PROMPT = (
 
 # (files, sizes) per kind and split: small enough that data/ stays a few MB.
 ROW_COUNTS = {
-    "pretrain": {"train": 6000, "test": 300},
+    "pretrain": {"train": 4000, "test": 300},
     "chat": {"train": 3000, "test": 200},
     "preference": {"train": 2000, "test": 200},
-    "reasoning": {"train": 500, "test": 100},
+    "reasoning": {"train": 400, "test": 80},
 }
 SEEDS = {"pretrain": 1000, "chat": 2000, "preference": 3000, "reasoning": 4000}
 
@@ -144,11 +144,14 @@ class Task:
         """A sentence or two stating the problem's solution in plain prose, for the pretraining corpus."""
         raise NotImplementedError
 
+    def split_of(self, problem: Problem) -> str:
+        return split_of(problem.key)
+
     def sample_in_split(self, rng: random.Random, split: str) -> Problem:
         # Rejection sampling: about 1 in 5 problems is a test problem, so this loops a few times at most.
         while True:
             problem = self.sample(rng)
-            if split_of(problem.key) == split:
+            if self.split_of(problem) == split:
                 return problem
 
 
@@ -446,6 +449,11 @@ class SmallTalkTask(Task):
             thought=[f"The user says: {question}", f"This is a {kind}, so I answer politely."],
             solution=reply,
         )
+
+    def split_of(self, problem: Problem) -> str:
+        # Few phrasings per kind: hold out the last one of each (the cards' "Hi, how are you doing today?" is
+        # the first, so it stays a training phrasing).
+        return "test" if any(problem.question == phrasings[-1] for _, phrasings, _ in SMALLTALK) else "train"
 
     @staticmethod
     def _replies_like(answer: str) -> tuple[str, ...]:
