@@ -158,7 +158,7 @@ class DogeAttention(nn.Module):
         self.classic = config.attention_variant == "classic"
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.head_dim = config.head_dim
         self.scaling = self.head_dim ** -0.5
         self.keep_window_size = config.keep_window_size
         self.attention_dropout = float(config.attention_dropout or 0.0)

@@ -77,6 +77,8 @@ class DogeConfig(PreTrainedConfig):
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    # an explicit head size (transformers' attention honours one found in a config.json); None = hidden / heads
+    head_dim: int | None = None
     # ours (see module docstring)
     attention_variant: str = "native"
     moe_router_split: str = "reference"
@@ -84,6 +86,12 @@ class DogeConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        head_dim_given = self.head_dim is not None
+        if not head_dim_given and isinstance(self.num_attention_heads, int) and self.num_attention_heads > 0:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"DogeConfig.hidden_size={self.hidden_size!r}: must be divisible by "
+                                 f"num_attention_heads={self.num_attention_heads}")
+            self.head_dim = self.hidden_size // self.num_attention_heads
         super().__post_init__(**kwargs)
         self.validate()
 
@@ -96,10 +104,6 @@ class DogeConfig(PreTrainedConfig):
         return cls(**{**_PRESET_COMMON, **PRESETS[name], **overrides})
 
     # -- derived sizes -----------------------------------------------------------------------
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
     @property
     def num_keys(self) -> int:
         """Product-key routing: the experts form a K x K grid, K = floor(sqrt(num_experts))."""
@@ -116,8 +120,8 @@ class DogeConfig(PreTrainedConfig):
                       "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
                 fail(field, "must be a positive integer")
-        if self.hidden_size % self.num_attention_heads:
-            fail("hidden_size", f"must be divisible by num_attention_heads={self.num_attention_heads}")
+        if not isinstance(self.head_dim, int) or self.head_dim < 2 or self.head_dim % 2:
+            fail("head_dim", "must be an even integer >= 2 (RoPE rotates pairs of dimensions)")
         if self.num_attention_heads % self.num_key_value_heads:
             fail("num_attention_heads", f"must be divisible by num_key_value_heads={self.num_key_value_heads}")
         if not isinstance(self.keep_window_size, int) or self.keep_window_size < 1:

@@ -56,7 +56,7 @@ class RotaryEmbedding(nn.Module):
         self.theta = float(rope.get("rope_theta", 10000.0))
         self.factor = float(rope.get("factor", 1.0))
         self.max_positions = config.max_position_embeddings
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.head_dim = config.head_dim
         self.inv_freq = nn.Buffer(rope_inverse_frequencies(self.head_dim, self.theta), persistent=False)
 
     def frequencies_for(self, seq_len: int, device: torch.device) -> torch.Tensor:
