@@ -71,6 +71,18 @@ def causal_padding_mask(attention_mask: torch.Tensor | None, batch: int, q_len: 
     return allowed
 
 
+def packed_sequence_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Which packed sequence each token belongs to, read from restarting positions. -> [B, T] or None.
+
+    position_ids: [B, T]. A new sequence starts wherever the position does not grow by exactly one
+    (the rule transformers uses for packed, padding-free batches). None when no row restarts, so
+    unpacked batches keep the cheaper plain causal path.
+    """
+    step = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1)
+    ids = (step != 1).cumsum(-1)
+    return ids if bool((ids[:, -1] > 0).any()) else None
+
+
 def dynamic_bias(value_states: torch.Tensor, dt_proj: nn.Linear, A: torch.Tensor) -> torch.Tensor:
     """The per-key bias b = exp(A * softplus(dt_proj(v))) from all KV heads of each key.
 

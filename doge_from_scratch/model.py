@@ -17,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .attention import BACKENDS, DogeAttention, causal_padding_mask
+from .attention import BACKENDS, DogeAttention, causal_padding_mask, packed_sequence_ids
 from .config import DogeConfig
 from .layers import RMSNorm, RotaryEmbedding
 from .moe import DogeCDMoE, DogeMLP, load_balancing_loss
@@ -149,6 +149,12 @@ class DogeModel(DogePreTrainedModel):
             position_ids = torch.arange(past, past + t, device=x.device).unsqueeze(0).expand(b, t)
         padded = attention_mask is not None and not bool(attention_mask.all())
         allowed = causal_padding_mask(attention_mask if padded else None, b, t, past + t, x.device)
+        if attention_mask is None and past == 0 and t > 1:
+            # Packed rows (several sequences, positions restarting at each): no attention across them.
+            seq_ids = packed_sequence_ids(position_ids.expand(b, t))
+            if seq_ids is not None:
+                allowed = allowed & (seq_ids[:, None, :, None] == seq_ids[:, None, None, :])
+                padded = True
         position_embeddings = self.rotary_emb(x, position_ids)
         routers = []
         for layer in self.layers:
