@@ -507,10 +507,10 @@ def is_well_formed_reasoning(text: str) -> bool:
 
 
 def _prompt_messages(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    if "messages" in record:
-        return list(record["messages"])
     prompt = record.get("prompt")
-    return list(prompt) if isinstance(prompt, list) else []
+    if isinstance(prompt, list):
+        return list(prompt)
+    return list(record.get("messages") or [])
 
 
 def expects_reasoning_format(record: Mapping[str, Any]) -> bool:
@@ -541,14 +541,17 @@ def check_answer(record: Mapping[str, Any], generated_text: str) -> bool:
 
 def prompt_and_reference(record: Mapping[str, Any]) -> tuple[list[dict[str, str]], str]:
     """Split a chat/reasoning/preference record into (messages to prompt with, reference reply text)."""
-    if "messages" in record:
-        messages = [dict(m) for m in record["messages"]]
-        if not messages or messages[-1]["role"] != "assistant":
-            raise DataFormatError("record's messages must end with an assistant turn")
-        return messages[:-1], messages[-1]["content"]
-    prompt = record["prompt"]
-    prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-    return prompt_messages, record["chosen"][-1]["content"]
+    if "chosen" in record:  # preference row (UltraFeedback's also has `messages`, a copy of the chosen chat)
+        prompt = record["prompt"]
+        if isinstance(prompt, str):
+            prompt_messages = [{"role": "user", "content": prompt}]
+        else:
+            prompt_messages = [dict(m) for m in prompt]
+        return prompt_messages, record["chosen"][-1]["content"]
+    messages = [dict(m) for m in record.get("messages", [])]
+    if not messages or messages[-1]["role"] != "assistant":
+        raise DataFormatError("a record's `messages` must end with an assistant turn")
+    return messages[:-1], messages[-1]["content"]
 
 
 # ----------------------------------------------------------------------------------------------------------
