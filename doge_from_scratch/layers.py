@@ -64,6 +64,10 @@ class RotaryEmbedding(nn.Module):
         if self.rope_type == "dynamic" and seq_len > self.max_positions:
             theta = dynamic_ntk_theta(self.theta, self.factor, seq_len, self.max_positions, self.head_dim)
             return rope_inverse_frequencies(self.head_dim, theta).to(device)
+        if self.inv_freq.dtype != torch.float32:
+            # model.to(bfloat16) casts buffers too, and bfloat16 frequencies put the angles of late
+            # positions visibly off; the reference keeps them in float32 whatever the model dtype.
+            return rope_inverse_frequencies(self.head_dim, self.theta).to(device)
         return self.inv_freq.to(device)
 
     @torch.no_grad()
