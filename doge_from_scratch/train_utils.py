@@ -1,0 +1,287 @@
+"""Pieces every post-training stage shares (lessons 07-09): optimizer, schedule, the accumulation loop, decoding.
+
+The loop is written once for SFT, DPO and distillation. Each stage supplies a function that returns, for one
+micro-batch, a *summed* loss and how many items it counted (tokens for SFT and distillation, pairs for DPO).
+The loop divides by the item count of the whole optimizer step - over every micro-batch and every process -
+which is what makes gradient accumulation and DistributedDataParallel give the gradient of one big batch:
+
+    loss_step = sum over micro-batches and ranks of summed_loss / items_in_step
+
+Under DDP each rank multiplies its share by the world size, because DDP averages (not sums) gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+# Parameters named like these get no weight decay: the rule transformers' Trainer applies, so our runs and
+# TRL's runs decay the same tensors (biases and every norm weight; the residual scales and A do decay).
+NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+
+
+def decayed_parameter_names(model: nn.Module) -> set[str]:
+    return {name for name, _ in model.named_parameters()
+            if not any(re.search(p, name.lower()) for p in NO_DECAY_PATTERNS)}
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.95),
+                   eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW with the recipes' betas/eps; weight decay only on matrices, embeddings, residual scales and A."""
+    decayed = decayed_parameter_names(model)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in params if n in decayed], "weight_decay": weight_decay},
+              {"params": [p for n, p in params if n not in decayed], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def warmup_steps_for(total_steps: int, warmup: float) -> int:
+    """``warmup`` < 1 is a fraction of the run (rounded up), otherwise a step count (as transformers reads it)."""
+    return int(warmup) if warmup >= 1 else math.ceil(total_steps * warmup)
+
+
+def cosine_with_min_lr(step: int, warmup_steps: int, total_steps: int, min_lr_rate: float = 0.1) -> float:
+    """LR multiplier: linear warmup 0 -> 1, then half a cosine from 1 down to ``min_lr_rate`` at ``total_steps``."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max(0.0, min_lr_rate + (1 - min_lr_rate) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1,
+                   min_lr_rate: float = 0.1) -> LambdaLR:
+    """The SFT recipe's schedule: ``cosine_with_min_lr`` with warmup 0.1 and min LR ratio 0.1."""
+    warmup_steps = warmup_steps_for(total_steps, warmup)
+    return LambdaLR(optimizer, lambda s: cosine_with_min_lr(s, warmup_steps, total_steps, min_lr_rate))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distributed helpers: every function works unchanged in a single process.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over processes (a copy; identity without torch.distributed)."""
+    value = value.detach().clone()
+    if world_size() > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def shard(items: Sequence[Any]) -> list[Any]:
+    """This process's share of a global micro-batch list: rank r takes items r, r + W, r + 2W, ..."""
+    return list(items[rank()::world_size()])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The optimizer-step loop
+# ----------------------------------------------------------------------------------------------------------
+
+SummedLoss = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class StepLog:
+    """What one optimizer step reports. ``loss`` is the step's loss over all processes; ``grad_norm`` is the
+    total 2-norm before clipping (what Trainer logs); ``metrics`` are item-weighted averages over the step."""
+
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    items: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def optimizer_step(model: nn.Module, micro_batches: Sequence[dict[str, torch.Tensor]], summed_loss: SummedLoss,
+                   optimizer: torch.optim.Optimizer, scheduler: LambdaLR | None = None,
+                   max_grad_norm: float | None = 1.0, step: int = 0) -> StepLog:
+    """One optimizer step over this process's micro-batches.
+
+    ``summed_loss(model, batch)`` returns (loss summed over the batch's items, number of items, metric sums).
+    Two passes over the micro-batches: the first only counts items (cheap, no forward), so that every
+    backward can already be divided by the step's total - the same thing TRL/Trainer do with
+    ``num_items_in_batch``.
+    """
+    counts = [summed_loss.count(batch) for batch in micro_batches]  # type: ignore[attr-defined]
+    total = all_reduce_sum(torch.tensor(float(sum(counts)))).item()
+    if total == 0:
+        raise ValueError(f"optimizer step {step}: no trainable items in any micro-batch (all labels are -100?)")
+    scale = world_size() / total
+    loss_sum = torch.zeros(())
+    metric_sums: dict[str, torch.Tensor] = {}
+    model.train()
+    for batch in micro_batches:
+        loss, _, metrics = summed_loss(model, batch)
+        (loss * scale).backward()
+        loss_sum += loss.detach().float()
+        for k, v in metrics.items():
+            metric_sums[k] = metric_sums.get(k, torch.zeros(())) + v.detach().float()
+    params = [p for p in model.parameters() if p.grad is not None]
+    clip = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    global_loss = all_reduce_sum(loss_sum).item() / total
+    metrics = {k: all_reduce_sum(v).item() / total for k, v in metric_sums.items()}
+    return StepLog(step=step, loss=global_loss, grad_norm=float(grad_norm), lr=lr, items=int(total), metrics=metrics)
+
+
+class StageLoss:
+    """Adapter giving a stage's loss the two calls ``optimizer_step`` needs: ``count(batch)`` and ``__call__``."""
+
+    def __init__(self, fn: Callable, count: Callable[[dict[str, torch.Tensor]], int]) -> None:
+        self.fn, self.count = fn, count
+
+    def __call__(self, model, batch):
+        return self.fn(model, batch)
+
+
+def train(model: nn.Module, steps: Iterable[Sequence[dict[str, torch.Tensor]]], summed_loss: StageLoss,
+          optimizer: torch.optim.Optimizer, scheduler: LambdaLR | None = None, max_grad_norm: float | None = 1.0,
+          progress: bool = True, total: int | None = None, desc: str = "train") -> list[StepLog]:
+    """Run optimizer steps; ``steps`` yields, per step, this process's list of micro-batches."""
+    from tqdm.auto import tqdm
+
+    history = []
+    bar = tqdm(steps, total=total, desc=desc, disable=not progress or rank() != 0)
+    for i, micro_batches in enumerate(bar):
+        log = optimizer_step(model, micro_batches, summed_loss, optimizer, scheduler, max_grad_norm, step=i + 1)
+        history.append(log)
+        bar.set_postfix(loss=f"{log.loss:.3f}")
+    return history
+
+
+def step_groups(items: Sequence[Any], micro_batch: int, accumulation: int, epochs: int = 1,
+                seed: int = 0, shuffle: bool = True) -> list[list[list[Any]]]:
+    """Split items into optimizer steps of ``accumulation`` micro-batches of ``micro_batch`` items (per process).
+
+    With W processes a step holds W * accumulation micro-batches in total; each process gets its share
+    through ``shard``. A last incomplete step is dropped so every step has the same size.
+    """
+    per_step = micro_batch * accumulation * world_size()
+    steps = []
+    for epoch in range(epochs):
+        order = list(range(len(items)))
+        if shuffle:
+            order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        for start in range(0, len(order) - per_step + 1, per_step):
+            chunk = [items[i] for i in order[start:start + per_step]]
+            micro = [chunk[j:j + micro_batch] for j in range(0, per_step, micro_batch)]
+            steps.append(shard(micro))
+    return steps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decoding and checking answers (for the before/after metrics)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 64, eos_token_id: int | None = None,
+             temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greedy (temperature 0) or nucleus sampling with our KV cache. input_ids: [1, T] -> new ids [N]."""
+    from .cache import KVCache
+
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"generate decodes one prompt at a time; input_ids has shape {tuple(input_ids.shape)}")
+    model.eval()
+    cache = KVCache()
+    out = model(input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        logits = out.logits[0, -1].float()
+        if temperature <= 0:
+            token = int(logits.argmax())
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            if top_p < 1.0:
+                sorted_p, order = probs.sort(descending=True)
+                keep = sorted_p.cumsum(0) - sorted_p < top_p
+                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+            token = int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+        new.append(token)
+        if eos_token_id is not None and token == eos_token_id:
+            break
+        out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return torch.tensor(new, dtype=torch.long)
+
+
+def chat_reply(model: nn.Module, tokenizer, messages: Sequence[dict[str, str]], max_new_tokens: int = 64,
+               **sampling) -> str:
+    """The model's next assistant turn for ``messages``, decoded with special tokens kept (so a missing
+    end-of-turn is visible to the checkers)."""
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                        return_dict=False)
+    ids = torch.tensor([list(ids)])
+    new = generate(model, ids, max_new_tokens, tokenizer.eos_token_id, **sampling)
+    return tokenizer.decode(new.tolist(), skip_special_tokens=False)
+
+
+def follows_chat_format(reply: str, eos_token: str) -> bool:
+    """The turn ends with the end-of-turn token and contains no new header (it answered, then stopped)."""
+    return eos_token in reply and "<|start_header_id|>" not in reply.split(eos_token, 1)[0]
+
+
+def evaluate_replies(model: nn.Module, tokenizer, records: Sequence[dict[str, Any]], max_new_tokens: int = 64,
+                     progress: bool = False, **sampling) -> dict[str, Any]:
+    """Generate a reply to each record's prompt and score it with the task's own checker.
+
+    Returns accuracy (checker says right), format (stopped with end-of-turn), per-task accuracy and the replies.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import check_answer, prompt_and_reference
+
+    replies, right, formatted, per_task = [], [], [], {}
+    for record in tqdm(records, desc="generate", disable=not progress):
+        prompt, _ = prompt_and_reference(record)
+        reply = chat_reply(model, tokenizer, prompt, max_new_tokens, **sampling)
+        ok = bool(check_answer(record, reply))
+        replies.append(reply)
+        right.append(ok)
+        formatted.append(follows_chat_format(reply, tokenizer.eos_token))
+        per_task.setdefault(record.get("task", "?"), []).append(ok)
+    n = max(1, len(records))
+    return {"accuracy": sum(right) / n, "format": sum(formatted) / n,
+            "per_task": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
+            "replies": replies, "correct": right}
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-position NLL of the next label. logits [B, T, V], labels [B, T] -> [B, T-1] (0 where label is -100)."""
+    targets = labels[:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none")
+    return nll.masked_fill(targets == -100, 0.0)
+
+
+def trl_ready(model: nn.Module) -> nn.Module:
+    """What TRL's trainers need beyond ``PreTrainedModel``: a ``generation_config`` to write pad/eos ids into.
+
+    transformers only creates one for classes that inherit ``GenerationMixin``; ours decodes with its own loop.
+    """
+    if getattr(model, "generation_config", None) is None:
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_model_config(model.config)
+    return model
