@@ -1,0 +1,374 @@
+"""Generator for notebooks/02_dynamic_mask_attention.ipynb (run: python notebooks/_src/nb02_dynamic_mask_attention.py)."""
+
+from nbbuild import code, md, write_notebook
+
+cells = [
+md("""
+# Lesson 02 - Dynamic Mask Attention
+
+Doge's attention is ordinary causal self-attention with one twist: every key gets a learned,
+content-dependent **bias** that is added to all scores pointing at it, and once a sequence is longer than a
+`keep_window_size`, each query keeps only the keys with the largest bias and ignores the rest. The paper
+calls this *Dynamic Mask Attention* (DMA).
+
+**What you will learn**
+
+1. Plain causal attention in a few lines, then grouped-query attention (GQA), where several query heads
+   share one key/value head.
+2. The dynamic bias `exp(A * softplus(dt_proj(v)))`: where it comes from, why it is harmless at
+   initialisation, and what it looks like on a real sentence (heatmaps).
+3. The final mask: causal positions replaced by the dtype minimum, then the keep-window top-k - with a
+   slider to watch the mask thin out as the window shrinks.
+4. The *fused* trick: because the bias depends only on the key, it can be folded into `q` and `k`, so no
+   `T x S` mask is ever built - and the numbers stay the same.
+5. Parity: our hand-built layer against transformers' `DogeAttention` (eager) and against
+   `doge_from_scratch.attention`.
+"""),
+code("""
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from doge_from_scratch import DogeForCausalLM
+from doge_from_scratch.layers import RotaryEmbedding, apply_rotary  # built in lesson 01
+from doge_from_scratch.testing import randomize_, tiny_config
+from doge_from_scratch.tokenizer import load_tokenizer
+
+torch.manual_seed(0)
+torch.set_num_threads(2)
+torch.set_printoptions(precision=3, sci_mode=False)
+%matplotlib inline
+"""),
+md("""
+## A real input
+
+We tokenize a real sentence with the project's tokenizer and push it through the embedding and the first
+norm of a tiny, randomised Doge: 4 query heads, 2 key/value heads, head size 16. The weights are random,
+but the shapes and every formula are exactly those of the published models. Two weights are set by hand
+so the plots have something to show: `dt_proj` gets a larger scale, and `A` gets one negative and one
+positive entry (we will see why that matters).
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+tokenizer = load_tokenizer()
+text = "The capital of Sweden is Stockholm. Many people visit Vienna, the capital of Austria."
+input_ids = torch.tensor([tokenizer(text).input_ids])
+labels = [t.replace("\\u0120", " ").strip() for t in tokenizer.convert_ids_to_tokens(input_ids[0])]
+T = input_ids.shape[1]
+
+config = tiny_config(vocab_size=len(tokenizer), hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+model = randomize_(DogeForCausalLM(config), seed=0).eval()
+layer = model.model.layers[0].self_attn
+with torch.no_grad():
+    g = torch.Generator().manual_seed(1)
+    layer.dt_proj.weight.copy_(torch.randn(layer.dt_proj.weight.shape, generator=g) * 0.3)
+    layer.A.copy_(torch.tensor([-1.5, 1.0]))
+    x = model.model.layers[0].input_layernorm(model.model.embed_tokens(input_ids))  # [B, T, H]
+W = {name: p.detach() for name, p in layer.named_parameters()}  # plain tensors from here on
+
+n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
+d = config.hidden_size // n_heads
+print(f"{T} tokens: {labels}")
+print(f"x: {tuple(x.shape)}, heads {n_heads}, kv heads {n_kv}, head_dim {d}")
+"""),
+md("""
+## 1. Plain causal attention
+
+Each token asks a question (query `q`), advertises what it holds (key `k`) and what it would hand over
+(value `v`). Scores are `q . k / sqrt(d)`; the `sqrt(d)` keeps their spread independent of the head size,
+so the softmax neither saturates nor flattens as `d` changes. A token may only look at itself and the past,
+so future positions get `-inf` before the softmax. We check our version against PyTorch's fused kernel.
+"""),
+code("""
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    \"\"\"q, k, v: [B, h, T, d] -> [B, h, T, d].\"\"\"
+    t = q.shape[-2]
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    future = torch.ones(t, t, dtype=torch.bool).triu(1)
+    scores = scores.masked_fill(future, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+qkv = torch.randn(3, 1, 2, T, d).unbind(0)
+print("matches F.scaled_dot_product_attention:",
+      torch.allclose(causal_attention(*qkv), F.scaled_dot_product_attention(*qkv, is_causal=True), atol=1e-6))
+"""),
+md("""
+## 2. Grouped-query attention, q/k norms and RoPE
+
+During generation every past key and value has to be kept in memory (the KV cache). GQA shrinks that cache
+by letting a **group** of query heads share one key/value head: here 4 query heads and 2 KV heads, so the
+cache is half the size. Before the scores are computed, each KV head is simply repeated for the query heads
+of its group.
+
+Doge (the transformers-native generation) also RMS-normalises each query and key head over its 16 channels
+(`q_norm`, `k_norm`) - that keeps the dot products in a predictable range no matter how large the
+projections grow in training - and then applies the rotary embedding from lesson 01.
+"""),
+code("""
+def rms(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    \"\"\"RMSNorm of lesson 01 over the last dimension.\"\"\"
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def repeat_kv(t: torch.Tensor, groups: int) -> torch.Tensor:
+    \"\"\"[B, n_kv, ...] -> [B, n_kv * groups, ...]: KV head j serves query heads j*groups ... j*groups+groups-1.\"\"\"
+    return t.repeat_interleave(groups, dim=1)
+
+
+rotary = RotaryEmbedding(config)
+cos, sin = rotary(x, torch.arange(T)[None])  # [B, T, d] each (lesson 01)
+
+
+def project(x: torch.Tensor):
+    \"\"\"x: [B, T, H] -> q [B, n_h, T, d], k and v [B, n_kv, T, d].\"\"\"
+    b, t, _ = x.shape
+    q = rms(F.linear(x, W["q_proj.weight"]).view(b, t, n_heads, d), W["q_norm.weight"]).transpose(1, 2)
+    k = rms(F.linear(x, W["k_proj.weight"]).view(b, t, n_kv, d), W["k_norm.weight"]).transpose(1, 2)
+    v = F.linear(x, W["v_proj.weight"]).view(b, t, n_kv, d).transpose(1, 2)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+
+q, k, v = project(x)
+groups = n_heads // n_kv
+print("q", tuple(q.shape), " k", tuple(k.shape), " v", tuple(v.shape), " group size", groups)
+"""),
+md("""
+## 3. The dynamic bias
+
+Now the Doge part. For every key position `s`, the values of all KV heads at that position are concatenated
+(`n_kv * d = 32` numbers) and projected by `dt_proj` to **one number per KV head**. Then
+
+$$b_s = \\exp\\big(A \\cdot \\mathrm{softplus}(dt_s)\\big).$$
+
+* `softplus` turns `dt` into a positive "step size" (the name comes from state-space models, where `dt` is
+  the time step of a discretised system);
+* `A` (one learned scalar per KV head) sets the direction: with `A < 0` the bias lies in `(0, 1]` and keys
+  with large `dt` are pushed *down*; with `A > 0` it is `>= 1` and they are pushed *up*;
+* `A` starts at **zero**, so `b = 1` for every key. A constant added to a whole row of scores does not
+  change a softmax, so a freshly initialised Doge is exactly plain attention and learns to use the bias
+  only if it helps.
+
+Because `b` depends only on the key, it says how much *any* query should care about this token - a learned
+"is this token worth remembering" score.
+"""),
+code("""
+def dynamic_bias(v: torch.Tensor) -> torch.Tensor:
+    \"\"\"v: [B, n_kv, S, d] -> b [B, n_kv, S].\"\"\"
+    b, _, s, _ = v.shape
+    dt = F.linear(v.transpose(1, 2).reshape(b, s, -1), W["dt_proj.weight"])  # [B, S, n_kv]
+    return torch.exp(W["A"] * F.softplus(dt)).transpose(1, 2)
+
+
+bias = dynamic_bias(v)
+print("A =", W["A"].tolist())
+print("bias per KV head: min", bias.amin(-1)[0], " max", bias.amax(-1)[0])
+
+scores = torch.randn(5)
+print("softmax unchanged by a constant shift:", torch.allclose(torch.softmax(scores, 0), torch.softmax(scores + 1.0, 0)))
+"""),
+code("""
+fig, ax = plt.subplots(figsize=(10, 2.2))
+im = ax.imshow(bias[0].numpy(), aspect="auto", cmap="viridis")
+ax.set_xticks(range(T), labels, rotation=60, ha="right")
+ax.set_yticks(range(n_kv), [f"KV head {h} (A={W['A'][h]:+.1f})" for h in range(n_kv)])
+ax.set_title("dynamic bias b_s per key: one row per KV head")
+fig.colorbar(im, ax=ax, fraction=0.03)
+plt.show()
+"""),
+md("""
+## 4. From bias to mask, and the keep window
+
+The bias is turned into an additive mask of shape `[B, n_kv, T, S]`: every query row gets the same
+per-key bias, and every position the causal rule forbids is **replaced** by the most negative number of the
+dtype (`finfo.min`, finite rather than `-inf` so that a row with nothing visible still gives a defined,
+uniform softmax instead of NaN).
+
+Then the *dynamic* part of DMA: if there are more keys than `keep_window_size` (2048 in the released models),
+each row keeps only its `keep_window_size` largest entries and sets the others to the minimum too. Forbidden
+positions already hold the minimum, so the survivors are the visible keys with the largest bias. At inference
+this caps the work per token at `keep_window_size` keys, however long the context grows - the way a
+state-space model keeps a fixed-size state.
+"""),
+code("""
+NEG = torch.finfo(torch.float32).min
+
+
+def dynamic_mask(bias: torch.Tensor, keep_window_size: int) -> torch.Tensor:
+    \"\"\"bias [B, n_kv, S] -> additive mask [B, n_kv, T, S] (T = S, no cache here).\"\"\"
+    s = bias.shape[-1]
+    allowed = torch.ones(s, s, dtype=torch.bool).tril()
+    mask = bias[:, :, None, :].expand(-1, -1, s, -1).masked_fill(~allowed, NEG)
+    if s > keep_window_size:
+        keep = torch.topk(mask, keep_window_size, dim=-1).indices
+        kept = torch.zeros_like(mask, dtype=torch.bool).scatter(-1, keep, True)
+        mask = mask.masked_fill(~kept, NEG)
+    return mask
+
+
+def plot_dynamic_mask(keep_window_size: int = 8) -> None:
+    \"\"\"Heatmaps of the final mask for both KV heads; grey = masked (finfo.min).\"\"\"
+    mask = dynamic_mask(bias, keep_window_size)[0]
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("lightgrey")
+    fig, axes = plt.subplots(1, n_kv, figsize=(12, 5))
+    for h, ax in enumerate(axes):
+        shown = np.where(mask[h].numpy() == NEG, np.nan, mask[h].numpy())  # NaN -> drawn grey
+        im = ax.imshow(shown, cmap=cmap)
+        ax.set_xticks(range(T), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(T), labels, fontsize=7)
+        ax.set_title(f"KV head {h} (A={W['A'][h]:+.1f}): keep_window_size={keep_window_size}")
+        ax.set_xlabel("key"); ax.set_ylabel("query")
+        fig.colorbar(im, ax=ax, fraction=0.045)
+    plt.tight_layout()
+    plt.show()
+
+
+plot_dynamic_mask(keep_window_size=2048)  # the released default: longer than our sentence, no top-k
+plot_dynamic_mask(keep_window_size=6)     # a tiny window: each query keeps its 6 highest-bias keys
+"""),
+md("""
+With the default window the mask is just "causal + bias". With a window of 6, rows further down keep only
+six keys each - and since the bias is the same for every query, they mostly agree on *which* six: the tokens
+this head judged worth keeping. Head 0 (`A < 0`) prefers keys with a small `dt`, head 1 (`A > 0`) keys with a
+large one.
+
+Drag the slider to watch the mask thin out (the slider needs a live kernel; the static figures above are
+what the executed notebook stores).
+"""),
+code("""
+from ipywidgets import IntSlider, interact
+
+interact(plot_dynamic_mask, keep_window_size=IntSlider(value=8, min=1, max=T, step=1, description="keep window"));
+"""),
+md("""
+## 5. Attention with the dynamic mask
+
+The mask is built once per KV head and then repeated over the query heads of each group, exactly like the
+keys and values. Everything else is the attention of step 1, with the softmax taken in float32.
+"""),
+code("""
+scale = d ** -0.5
+
+
+def dma_attention(x: torch.Tensor, keep_window_size: int = 2048) -> torch.Tensor:
+    \"\"\"The whole layer, materialised: x [B, T, H] -> [B, T, H].\"\"\"
+    q, k, v = project(x)
+    mask = repeat_kv(dynamic_mask(dynamic_bias(v), keep_window_size), groups)  # [B, n_h, T, S]
+    scores = q @ repeat_kv(k, groups).transpose(-1, -2) * scale + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = probs @ repeat_kv(v, groups)  # [B, n_h, T, d]
+    return F.linear(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1), W["o_proj.weight"])
+
+
+def attention_probs(keep_window_size: int) -> torch.Tensor:
+    q, k, v = project(x)
+    mask = repeat_kv(dynamic_mask(dynamic_bias(v), keep_window_size), groups)
+    return torch.softmax(q @ repeat_kv(k, groups).transpose(-1, -2) * scale + mask, dim=-1)
+
+
+fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+plain = torch.softmax((q @ repeat_kv(k, groups).transpose(-1, -2) * scale).masked_fill(
+    torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")), dim=-1)
+for ax, (title, p) in zip(axes, [("plain causal", plain), ("DMA, window 2048", attention_probs(2048)),
+                                 ("DMA, window 6", attention_probs(6))]):
+    ax.imshow(p[0, 2].detach().numpy(), cmap="magma", vmin=0, vmax=1)
+    ax.set_title(f"query head 2: {title}")
+    ax.set_xlabel("key"); ax.set_ylabel("query")
+plt.tight_layout()
+"""),
+md("""
+## 6. The fused path: no mask tensor at all
+
+Materialising `[B, heads, T, S]` floats costs memory quadratic in the length and rules out the fast fused
+attention kernels, which accept at most a causal flag. But as long as there are no more keys than the window
+(no top-k), the mask is "causal + a term that depends only on the key", and a per-key term can ride
+*inside* the dot product. Append a 1 to every query and `b_s * sqrt(d)` to every key:
+
+$$\\frac{[q, 1] \\cdot [k_s, b_s \\sqrt{d}]}{\\sqrt{d}} = \\frac{q \\cdot k_s}{\\sqrt{d}} + b_s.$$
+
+The head grows from 16 to 17 channels, the causal rule becomes the kernel's `is_causal=True`, GQA is the
+kernel's `enable_gqa=True`, and the output is the same.
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+def dma_attention_fused(x: torch.Tensor) -> torch.Tensor:
+    q, k, v = project(x)
+    b = dynamic_bias(v)  # [B, n_kv, S]
+    q_ext = torch.cat((q, torch.ones_like(q[..., :1])), dim=-1)
+    k_ext = torch.cat((k, (b * math.sqrt(d)).unsqueeze(-1)), dim=-1)
+    out = F.scaled_dot_product_attention(q_ext, k_ext, v, is_causal=True, scale=scale, enable_gqa=True)
+    return F.linear(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1), W["o_proj.weight"])
+
+
+with torch.no_grad():
+    materialised, fused = dma_attention(x), dma_attention_fused(x)
+print("fused == materialised:", torch.allclose(fused, materialised, atol=1e-5))
+print(f"floats in the materialised mask: {n_heads * T * T}; extra floats on the fused path: {n_kv * T}")
+"""),
+md("""
+Past the window the fused trick no longer applies (which keys survive differs per query row), so a long
+prefill falls back to the materialised mask; single-token decoding has only one row and stays cheap either way.
+
+## 7. Parity with transformers' `DogeAttention`
+
+The executable reference is the `DogeAttention` shipped in transformers 5.23. We load our weights into it
+(the parameter names are the same), run it eagerly with a standard additive causal mask, and compare -
+once with the default window and once with a window of 6 to exercise the top-k.
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+from doge_from_scratch.testing import copy_into_reference, reference_model
+
+reference = reference_model(config, attn_implementation="eager")
+copy_into_reference(model, reference)
+ref_layer = reference.model.layers[0].self_attn
+causal4d = torch.zeros(1, 1, T, T).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), NEG)
+
+with torch.no_grad():
+    for window in (2048, 6):
+        ref_layer.keep_window_size = window
+        ref_out = ref_layer(hidden_states=x, position_embeddings=(cos, sin), attention_mask=causal4d)[0]
+        diff = (ref_out - dma_attention(x, window)).abs().max().item()
+        print(f"keep_window_size={window:4d}: matches transformers (max diff < 1e-6): {diff < 1e-6}")
+        assert diff < 1e-6
+"""),
+md("""
+## 8. Check against the package
+
+`doge_from_scratch.attention` holds the finished layer: the same projections, the bias, the mask (with
+padding and KV-cache offsets handled), the fused path used automatically when it is valid, and the
+materialised path otherwise. On our sentence it must agree with everything built above.
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+from doge_from_scratch import attention
+
+with torch.no_grad():
+    q, k, v = project(x)
+    pkg_q, pkg_k, pkg_v = layer.project(x, cos, sin)
+    assert torch.equal(pkg_q, q) and torch.equal(pkg_k, k) and torch.equal(pkg_v, v)
+    assert torch.equal(attention.dynamic_bias(v, layer.dt_proj, layer.A), dynamic_bias(v))
+    allowed = attention.causal_padding_mask(None, 1, T, T, x.device)
+    for window in (2048, 6, 1):
+        assert torch.equal(attention.dynamic_mask(dynamic_bias(v), allowed, window, torch.float32),
+                           dynamic_mask(dynamic_bias(v), window)), window
+    assert torch.equal(attention.repeat_kv(k, groups), repeat_kv(k, groups))
+
+    for backend in ("auto", "materialised"):
+        layer.backend = backend
+        for window in (2048, 6):
+            layer.keep_window_size = window
+            out = layer(x, (cos, sin), padded=False)
+            assert torch.allclose(out, dma_attention(x, window), atol=1e-6), (backend, window)
+    layer.backend, layer.keep_window_size = "auto", config.keep_window_size
+print("doge_from_scratch.attention matches the notebook (fused and materialised, with and without top-k)")
+"""),
+]
+
+if __name__ == "__main__":
+    print(write_notebook("02_dynamic_mask_attention.ipynb", cells))
