@@ -17,6 +17,8 @@ Two execution paths give the same numbers:
 
 - ``materialised``: build the [B, heads, T, S] mask exactly as the reference does. Needed for the
   keep-window top-k, which selects keys per row.
+- ``chunked`` (native, S > keep_window_size): the materialised computation a block of query rows at a
+  time, so memory grows with rows x S instead of T x S (see ``attend_topk_chunked``).
 - ``fused`` (native, S <= keep_window_size): no mask tensor at all. Because the bias depends only on
   the key, it can ride inside the dot product: append a 1 to every query and ``b_s * sqrt(d)`` to every
   key, and ``q'.k' / sqrt(d) = q.k / sqrt(d) + b_s``. PyTorch's fused SDPA kernels then do the rest,
@@ -31,10 +33,13 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .layers import RMSNorm, apply_rotary
 
-BACKENDS = ("auto", "materialised")
+BACKENDS = ("auto", "materialised", "chunked")
+# chunked backend: rows per block are chosen so one [B, heads, rows, S] float tensor holds about this many numbers
+CHUNK_ELEMENTS = 1 << 24
 
 
 class KVCacheLike(Protocol):
@@ -161,6 +166,48 @@ def attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.
     return out
 
 
+def attend_topk_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                        allowed: torch.Tensor | None, keep_window_size: int, scale: float, dropout: float = 0.0,
+                        training: bool = False, rows: int | None = None) -> torch.Tensor:
+    """``attend_materialised`` with the native top-k mask, one block of query rows at a time.
+
+    q: [B, n_h, T, d]; k, v: [B, n_kv, S, d]; bias: [B, n_kv, S];
+    allowed: bool [B, 1, T, S], or None for plain causal attention over the last T of S positions.
+    -> [B, n_h, T, d]
+
+    The top-k of a mask row depends on that row alone, so each block builds its rows with the same
+    ``dynamic_mask`` call the full mask uses: the same kept keys, ties included, as long as
+    ``torch.topk`` picks among equal values the same way for a row whatever the number of rows
+    around it (true of the CPU kernel, which handles each row on its own; tested with A = 0, where
+    every bias ties). Peak memory is O(B * n_h * rows * S); under autograd every block is
+    checkpointed, so the backward pass rebuilds one block's mask at a time instead of keeping
+    T x S probabilities for all of them.
+    """
+    b, n_h, t, _ = q.shape
+    s = k.shape[-2]
+    groups = n_h // k.shape[1]
+    rows = rows or max(1, min(t, CHUNK_ELEMENTS // max(1, b * n_h * s)))
+    key_pos = torch.arange(s, device=q.device)
+
+    def block(q_rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+              rows_allowed: torch.Tensor) -> torch.Tensor:
+        mask = repeat_kv(dynamic_mask(bias, rows_allowed, keep_window_size, q.dtype), groups)
+        return attend_materialised(q_rows, k, v, mask, scale, dropout, training)
+
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, bias))
+    outputs = []
+    for start in range(0, t, rows):
+        stop = min(t, start + rows)
+        if allowed is None:
+            query_pos = torch.arange(s - t + start, s - t + stop, device=q.device)
+            rows_allowed = (key_pos[None, :] <= query_pos[:, None])[None, None].expand(b, 1, stop - start, s)
+        else:
+            rows_allowed = allowed[:, :, start:stop]
+        args = (q[:, :, start:stop], k, v, bias, rows_allowed)
+        outputs.append(checkpoint(block, *args, use_reentrant=False) if grad else block(*args))
+    return torch.cat(outputs, dim=2)
+
+
 class DogeAttention(nn.Module):
     """Dynamic Mask Attention with grouped-query heads and an optional KV cache."""
 
@@ -212,10 +259,19 @@ class DogeAttention(nn.Module):
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         s = k.shape[-2]
-        if allowed is None:
-            allowed = causal_padding_mask(None, b, t, s, x.device)
         bias = dynamic_bias(v, self.dt_proj, self.A)
         dropout = self.attention_dropout if self.training else 0.0
+        if self.backend == "chunked" and not self.classic:
+            # no [T, S] tensor at all for plain causal input: every block makes its own rows
+            rows_allowed = None if allowed is None or not padded else allowed
+            if s <= self.keep_window_size:
+                out = attend_fused(q, k, v, bias, rows_allowed, self.scaling, dropout)
+            else:
+                out = attend_topk_chunked(q, k, v, bias, rows_allowed, self.keep_window_size, self.scaling,
+                                          dropout, self.training)
+            return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        if allowed is None:
+            allowed = causal_padding_mask(None, b, t, s, x.device)
         if self.backend == "auto" and not self.classic and s <= self.keep_window_size:
             out = attend_fused(q, k, v, bias, None if not padded else allowed, self.scaling, dropout)
         else:

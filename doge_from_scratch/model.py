@@ -81,7 +81,8 @@ class DogePreTrainedModel(PreTrainedModel):
             module.post_attention_residual.fill_(1.0)
 
     def set_attention_backend(self, backend: str) -> None:
-        """``"auto"`` (fused SDPA where the math allows) or ``"materialised"`` (the reference's way)."""
+        """``"auto"`` (fused SDPA where the math allows), ``"materialised"`` (the reference's way) or
+        ``"chunked"`` (fused up to the keep window, then the top-k mask a block of query rows at a time)."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
         for module in self.modules():
