@@ -38,7 +38,7 @@ def record_diff():
 def pytest_terminal_summary(terminalreporter):
     if not MEASURED:
         return
-    terminalreporter.section("measured max abs differences (ours vs installed transformers)")
+    terminalreporter.section("measured differences (max abs logits vs installed transformers unless the row says otherwise)")
     width = max(len(name) for name, _, _ in MEASURED)
     terminalreporter.write_line(f"{'check'.ljust(width)}  {'max |diff|':>11}  {'tolerance':>9}")
     for name, value, tol in MEASURED:
