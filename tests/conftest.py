@@ -40,6 +40,6 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.section("measured differences (max abs logits vs installed transformers unless the row says otherwise)")
     width = max(len(name) for name, _, _ in MEASURED)
-    terminalreporter.write_line(f"{'check'.ljust(width)}  {'max |diff|':>11}  {'tolerance':>9}")
+    terminalreporter.write_line(f"{'check'.ljust(width)}  {'max |diff|':>11}  {'bound':>9}")
     for name, value, tol in MEASURED:
         terminalreporter.write_line(f"{name.ljust(width)}  {value:11.3e}  {tol:9.0e}")
