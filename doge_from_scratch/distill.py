@@ -1,0 +1,119 @@
+"""Reasoning distillation (lesson 09): sequence-level, as the Doge-160M-Reason-Distill card did, and logit-level.
+
+Sequence-level: plain SFT on a teacher's traces (``<|begin_of_thought|> ... <|end_of_solution|>``) under the card's
+system prompt - ``sft.train_sft`` on the reasoning records, nothing new.
+
+Logit-level (beyond the card): the student matches the teacher's whole next-token distribution at every
+assistant position, with the generalized Jensen-Shannon divergence of GKD (Agarwal et al., 2306.13649):
+
+    m    = (1 - beta) p_s + beta p_t
+    JSD  = beta KL(p_t || m) + (1 - beta) KL(p_s || m)
+
+beta -> 0 tends to the forward KL(p_t || p_s) after division by beta, and TRL defines the end points as
+KL(p_t || p_s) for beta = 0 (mass covering) and KL(p_s || p_t) for beta = 1 (mode seeking); we do the same.
+Every divergence is summed over the vocabulary and then over assistant tokens; the shared loop divides by
+the number of those tokens in the optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .sft import IGNORE, count_trainable, model_inputs, sft_examples, sft_step_batches
+from .train_utils import StageLoss, StepLog, make_optimizer, make_scheduler, train
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last axis, from log-probabilities. [..., V] -> [...]"""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Per-position generalized JSD. logits [..., V] -> [...] (at least float32)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta={beta} must be in [0, 1]")
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    log_s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    if beta == 0.0:
+        return _kl(log_t, log_s)
+    if beta == 1.0:
+        return _kl(log_s, log_t)
+    # log m = log((1 - beta) p_s + beta p_t), computed stably in log space
+    log_m = torch.logaddexp(log_s + math.log1p(-beta), log_t + math.log(beta))
+    return beta * _kl(log_t, log_m) + (1 - beta) * _kl(log_s, log_m)
+
+
+def jsd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
+             beta: float = 0.5, temperature: float = 1.0, shift: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed JSD over counted positions, their number).
+
+    logits [B, T, V]; labels [B, T] with -100 for positions that do not count. ``shift=True`` reads labels
+    the causal-LM way (logits at t are judged where labels[t + 1] counts).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ (same tokenizer and vocabulary needed)")
+    jsd = generalized_jsd(student_logits, teacher_logits, beta, temperature)
+    if labels is None:
+        return jsd.sum(), torch.tensor(jsd.numel())
+    if shift:
+        jsd, labels = jsd[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE
+    return jsd[mask].sum(), mask.sum()
+
+
+class LogitDistillation(StageLoss):
+    """Summed JSD between a trainable student and a frozen teacher over assistant positions."""
+
+    def __init__(self, teacher, beta: float = 0.5, temperature: float = 1.0) -> None:
+        self.teacher, self.beta, self.temperature = teacher.eval(), beta, temperature
+        super().__init__(self.summed, count_trainable)
+
+    def summed(self, model, batch: Mapping[str, torch.Tensor]):
+        inputs = model_inputs(batch)
+        with torch.no_grad():
+            teacher_logits = self.teacher(**inputs).logits
+        student_logits = model(**inputs).logits
+        total, count = jsd_loss(student_logits, teacher_logits, batch["labels"], self.beta, self.temperature,
+                                shift=True)
+        return total, count, {}
+
+
+@dataclass
+class DistillSettings:
+    lr: float = 3e-3
+    beta: float = 0.5
+    temperature: float = 1.0
+    epochs: int = 2
+    max_length: int = 512
+    rows_per_micro_batch: int = 4
+    accumulation: int = 1
+    packing: bool = True
+    warmup: float = 0.1
+    min_lr_rate: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+def train_logit_distill(student, teacher, tokenizer, records: Sequence[Mapping[str, Any]],
+                        settings: DistillSettings | None = None, progress: bool = True) -> list[StepLog]:
+    """Train ``student`` in place to match ``teacher`` on the assistant turns of ``records`` (same batches as SFT)."""
+    settings = settings or DistillSettings()
+    torch.manual_seed(settings.seed)
+    examples = sft_examples(tokenizer, records, settings.max_length)
+    steps = sft_step_batches(examples, tokenizer, settings)  # type: ignore[arg-type]
+    optimizer = make_optimizer(student, settings.lr, settings.weight_decay, settings.betas)
+    scheduler = make_scheduler(optimizer, len(steps), settings.warmup, settings.min_lr_rate)
+    objective = LogitDistillation(teacher, settings.beta, settings.temperature)
+    return train(student, steps, objective, optimizer, scheduler, settings.max_grad_norm, progress, len(steps),
+                 f"JSD beta={settings.beta}")

@@ -1,0 +1,90 @@
+"""Reasoning distillation (lesson 09): the generalized JSD equals TRL 1.16's generalized_jsd_loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from doge_from_scratch import DogeForCausalLM, distill, sft
+from doge_from_scratch.data import data_file, read_jsonl
+from doge_from_scratch.testing import randomize_, tiny_config
+from doge_from_scratch.tokenizer import load_tokenizer
+
+
+def trl_generalized_jsd():
+    from trl.experimental.gkd import GKDTrainer
+
+    return GKDTrainer.generalized_jsd_loss
+
+
+def random_logits(seed: int, shape=(3, 7, 50)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    student = (2 * torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_()
+    teacher = 2 * torch.randn(shape, generator=g, dtype=torch.float64) + 0.5
+    labels = torch.randint(0, shape[-1], shape[:2], generator=g)
+    labels[0, :3] = -100
+    labels[2, 5:] = -100
+    return student, teacher, labels
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_jsd_equals_trl(beta, temperature):
+    """Same logits, same labels: same loss value and same gradient w.r.t. the student's logits."""
+    student, teacher, labels = random_logits(int(beta * 10) + int(temperature))
+    ref = trl_generalized_jsd()(student, teacher, labels=labels, beta=beta, temperature=temperature)
+    (ref_grad,) = torch.autograd.grad(ref, student)
+    total, count = distill.jsd_loss(student, teacher, labels, beta=beta, temperature=temperature)
+    ours = total / count
+    (our_grad,) = torch.autograd.grad(ours, student)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(our_grad, ref_grad, rtol=1e-8, atol=1e-12)
+    # float32, as in training: equal to float32 round-off
+    s32, t32 = student.detach().float(), teacher.float()
+    ref32 = trl_generalized_jsd()(s32, t32, labels=labels, beta=beta, temperature=temperature)
+    torch.testing.assert_close(distill.jsd_loss(s32, t32, labels, beta, temperature)[0] / count, ref32,
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_jsd_without_labels_and_with_num_items_equals_trl():
+    student, teacher, labels = random_logits(7)
+    ref = trl_generalized_jsd()(student, teacher, beta=0.5)  # batchmean without labels: divides by batch size
+    total, _ = distill.jsd_loss(student, teacher, None, beta=0.5)
+    torch.testing.assert_close(total / student.shape[0], ref)
+    ref_n = trl_generalized_jsd()(student, teacher, labels=labels, beta=0.5, num_items_in_batch=40)
+    torch.testing.assert_close(distill.jsd_loss(student, teacher, labels, 0.5)[0] / 40, ref_n)
+
+
+def test_jsd_end_points_and_properties():
+    student, teacher, _ = random_logits(3)
+    log_s, log_t = student.log_softmax(-1), teacher.log_softmax(-1)
+    forward_kl = (log_t.exp() * (log_t - log_s)).sum(-1)
+    reverse_kl = (log_s.exp() * (log_s - log_t)).sum(-1)
+    torch.testing.assert_close(distill.generalized_jsd(student, teacher, 0.0), forward_kl)
+    torch.testing.assert_close(distill.generalized_jsd(student, teacher, 1.0), reverse_kl)
+    mid = distill.generalized_jsd(student, teacher, 0.5)
+    assert bool((mid >= 0).all()) and bool((mid <= torch.log(torch.tensor(2.0)) + 1e-6).all())  # JSD <= log 2
+    assert float(distill.generalized_jsd(student, student, 0.5).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="beta=1.5"):
+        distill.generalized_jsd(student, teacher, 1.5)
+    with pytest.raises(ValueError, match="differ"):
+        distill.jsd_loss(student, teacher[:, :, :10])
+
+
+def test_logit_distillation_objective_counts_assistant_tokens():
+    tokenizer = load_tokenizer()
+    rows = read_jsonl(data_file("reasoning", "train"), "reasoning")[:3]
+    config = tiny_config(vocab_size=len(tokenizer), pad_token_id=2, bos_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    student, teacher = randomize_(DogeForCausalLM(config), 0), randomize_(DogeForCausalLM(config), 1)
+    examples = sft.sft_examples(tokenizer, rows)
+    batch = sft.collate_packed(sft.pack(examples, 2048), tokenizer.pad_token_id)
+    total, count, _ = distill.LogitDistillation(teacher, beta=0.5).summed(student, batch)
+    assert int(count) == sft.count_trainable(batch)
+    # by hand, shifted: the logits at t are judged where labels[t + 1] counts
+    with torch.no_grad():
+        jsd = distill.generalized_jsd(student(**sft.model_inputs(batch)).logits,
+                                      teacher(**sft.model_inputs(batch)).logits, 0.5)
+    by_hand = sum(float(jsd[b, t]) for b in range(jsd.shape[0]) for t in range(jsd.shape[1] - 1)
+                  if batch["labels"][b, t + 1] != -100)
+    assert float(total) == pytest.approx(by_hand, rel=1e-5)
