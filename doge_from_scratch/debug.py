@@ -190,13 +190,12 @@ def compare_recordings(ours: Recording, reference: Recording, rtol: float = 1e-4
     if first is None:
         return result
     ours_in, ref_in = ours.inputs.get(first.name), reference.inputs.get(first.name)
-    if ours_in is not None and ref_in is not None:
-        input_diff = _differs(ours_in, ref_in, rtol, atol)
-        if input_diff is not None and _over(input_diff, rtol, atol) and parent_name(first.name):
-            parent = parent_name(first.name)
-            parent_diff = next((d for d in compared if d.name == parent), None)
-            result.first = parent_diff or ModuleDiff(parent, first.max_abs, first.scale)
-            result.entered_at = first.name
+    input_diff = _differs(ours_in, ref_in, rtol, atol) if ours_in is not None and ref_in is not None else None
+    if input_diff is not None and _over(input_diff, rtol, atol) and parent_name(first.name):
+        parent = parent_name(first.name)
+        parent_diff = next((d for d in compared if d.name == parent), None)
+        result.first = parent_diff or ModuleDiff(parent, first.max_abs, first.scale)
+        result.entered_at = first.name
     elif any(d.name.startswith(first.name + ".") for d in compared):
         result.entered_at = "its output"  # a composite module whose sub-modules all agree
     if model is not None:
