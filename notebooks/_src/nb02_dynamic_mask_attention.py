@@ -190,9 +190,9 @@ uniform softmax instead of NaN).
 
 Then the *dynamic* part of DMA: if there are more keys than `keep_window_size` (2048 in the released models),
 each row keeps only its `keep_window_size` largest entries and sets the others to the minimum too. Forbidden
-positions already hold the minimum, so the survivors are the visible keys with the largest bias. At inference
-this caps the work per token at `keep_window_size` keys, however long the context grows - the way a
-state-space model keeps a fixed-size state.
+positions already hold the minimum, so the survivors are the visible keys with the largest bias. However long
+the context grows, each token then attends to at most `keep_window_size` keys - a bounded working memory,
+much like the fixed-size state of a state-space model.
 """),
 code("""
 NEG = torch.finfo(torch.float32).min
