@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 # Parameters named like these get no weight decay: the rule transformers' Trainer applies, so our runs and
@@ -128,9 +130,13 @@ def optimizer_step(model: nn.Module, micro_batches: Sequence[dict[str, torch.Ten
     loss_sum = torch.zeros(())
     metric_sums: dict[str, torch.Tensor] = {}
     model.train()
-    for batch in micro_batches:
-        loss, _, metrics = summed_loss(model, batch)
-        (loss * scale).backward()
+    for i, batch in enumerate(micro_batches):
+        # Under DDP, gradients are averaged across processes once per step (at the last micro-batch).
+        last = i == len(micro_batches) - 1
+        sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else nullcontext()
+        with sync:
+            loss, _, metrics = summed_loss(model, batch)
+            (loss * scale).backward()
         loss_sum += loss.detach().float()
         for k, v in metrics.items():
             metric_sums[k] = metric_sums.get(k, torch.zeros(())) + v.detach().float()

@@ -1,0 +1,117 @@
+"""The training loops under DistributedDataParallel: 2 CPU processes (gloo) = 1 process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from doge_from_scratch import DogeForCausalLM, dpo, sft
+from doge_from_scratch.data import data_file, read_jsonl
+from doge_from_scratch.testing import randomize_, tiny_config
+from doge_from_scratch.tokenizer import load_tokenizer
+from doge_from_scratch.train_utils import make_optimizer, make_scheduler, optimizer_step, rank, shard, step_groups
+
+MICRO, ACCUM, STEPS = 2, 2, 2
+
+
+def build(tokenizer) -> DogeForCausalLM:
+    torch.manual_seed(0)
+    config = tiny_config(vocab_size=len(tokenizer), pad_token_id=2, bos_token_id=0, eos_token_id=1)
+    return randomize_(DogeForCausalLM(config), 0)
+
+
+def global_steps(stage: str, tokenizer):
+    """The same global batches whatever the number of processes: 2 * ACCUM micro-batches of MICRO items per
+    step. One process runs all of them; each of two processes runs its ACCUM (``shard``)."""
+    per_step = 2 * ACCUM * MICRO
+    if stage == "sft":
+        rows = sft.pack(sft.sft_examples(tokenizer, read_jsonl(data_file("chat", "train"), "chat")[:40]), 96)
+        items, collate = rows, lambda mb: sft.collate_packed(mb, 2)
+    else:
+        records = read_jsonl(data_file("preference", "train"), "preference")[:per_step * STEPS]
+        ref = build(tokenizer)
+        randomize_(ref, 5)
+        items = dpo.precompute_reference(ref.eval(), [dpo.preference_example(tokenizer, r) for r in records], 2)
+        collate = lambda mb: dpo.collate_preference(mb, 2)  # noqa: E731
+    items = items[:per_step * STEPS]
+    chunks = [items[i:i + per_step] for i in range(0, per_step * STEPS, per_step)]
+    micro = MICRO  # 2 * ACCUM micro-batches per step: all of them in one process, ACCUM each on two
+    return [[collate(c[j:j + micro]) for j in range(0, per_step, micro)] for c in chunks]
+
+
+def run(stage: str, world: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Train STEPS steps of `stage`; inside a process group this process takes its shard of every step."""
+    tokenizer = load_tokenizer()
+    model = build(tokenizer)
+    trained = model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    objective = sft.SFT_LOSS if stage == "sft" else dpo.DPOObjective(None, beta=0.1)
+    optimizer = make_optimizer(model, 1e-3)
+    scheduler = make_scheduler(optimizer, STEPS, warmup=0, min_lr_rate=0.1)
+    logs = []
+    for i, micro_batches in enumerate(global_steps(stage, tokenizer)):
+        mine = shard(micro_batches) if world > 1 else micro_batches
+        log = optimizer_step(model, mine, objective, optimizer, scheduler, max_grad_norm=1.0, step=i + 1)
+        logs.append({"loss": log.loss, "grad_norm": log.grad_norm, "items": log.items, **log.metrics})
+    return logs, {k: v.detach().clone().contiguous() for k, v in trained.state_dict().items()}
+
+
+def worker(rank_: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank_, world_size=world)
+    try:
+        assert rank() == rank_
+        for stage in ("sft", "dpo"):
+            logs, weights = run(stage, world)
+            save_file(weights, str(Path(out) / f"{stage}_rank{rank_}.safetensors"))
+            (Path(out) / f"{stage}_rank{rank_}.json").write_text(json.dumps(logs))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return out
+
+
+def test_step_groups_shard_the_same_global_batch():
+    items = list(range(16))
+    one = step_groups(items, micro_batch=2, accumulation=2, shuffle=False)
+    assert [sum(step, []) for step in one] == [list(range(0, 4)), list(range(4, 8)), list(range(8, 12)),
+                                              list(range(12, 16))]
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_two_processes_equal_one(two_process_run, stage):
+    logs_1, weights_1 = run(stage, world=1)
+    for r in range(2):
+        logs_2 = json.loads((two_process_run / f"{stage}_rank{r}.json").read_text())
+        weights_2 = load_file(str(two_process_run / f"{stage}_rank{r}.safetensors"))
+        assert len(logs_2) == len(logs_1) == STEPS
+        for a, b in zip(logs_1, logs_2):
+            assert a["items"] == b["items"]
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+        # Adam moves every weight by about lr = 1e-3 per step whatever the gradient's size, so the float32
+        # round-off of the all-reduce (summing in another order) shows up as ~1e-6: allow 1% of one step.
+        for name, w in weights_1.items():
+            torch.testing.assert_close(weights_2[name], w, rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert logs_1[0]["loss"] != logs_1[1]["loss"]  # the weights really moved between steps
