@@ -120,8 +120,8 @@ def padding_mask(batch: int, length: int, side: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("window", [256, 6])
-def test_padded_batch_matches_reference(side, impl, window, record_diff):
+@pytest.mark.parametrize("window,moe", [(256, False), (6, False), (256, True)], ids=["dense", "dense-win6", "moe"])
+def test_padded_batch_matches_reference(side, impl, window, moe, record_diff):
     """The same attention_mask goes to both models and ALL positions are compared, pads included.
 
     No position needs excluding: with right padding every query still sees its real prefix; with
@@ -129,11 +129,13 @@ def test_padded_batch_matches_reference(side, impl, window, record_diff):
     minimum everywhere, i.e. softmax of a constant row = the plain average of all values. Ours
     reproduces that (attend_fused handles empty rows explicitly), so pad rows agree too.
     """
-    config = tiny_config(keep_window_size=window)
+    moe_fields = dict(is_moe=True, num_experts=16, num_experts_per_tok=4) if moe else {}
+    config = tiny_config(keep_window_size=window, **moe_fields)
     ours, ref = build_pair(config, impl)
     ids = random_ids(config, 3, 14)
     mask = padding_mask(3, 14, side)
-    check(record_diff, f"{side}-padding win{window} {impl}", logits_diffs(ours, ref, ids, mask))
+    name = f"{side}-padding {'moe' if moe else 'dense'} win{window} {impl}"
+    check(record_diff, name, logits_diffs(ours, ref, ids, mask))
 
 
 # -------------------------------------------------------------------------- published shapes
