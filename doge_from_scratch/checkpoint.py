@@ -168,14 +168,18 @@ def rename_classic(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return renamed
 
 
-def check_against(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+MOE_ONLY = (".mlp.router_gate.weight", ".mlp.down_embed.weight", ".mlp.up_embed.weight")
+
+
+def check_against(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str,
+                  may_be_missing=lambda key: False) -> None:
     """Every expected tensor present with its shape, nothing extra; all problems in one error."""
     expected = model.state_dict()
     tied = model.config.tie_word_embeddings
     problems = []
     for key, param in expected.items():
         if key not in tensors:
-            if not (tied and key == "lm_head.weight"):
+            if not (tied and key == "lm_head.weight") and not may_be_missing(key):
                 problems.append(f"missing {key} {tuple(param.shape)}")
         elif tuple(tensors[key].shape) != tuple(param.shape):
             problems.append(f"mis-shaped {key}: checkpoint {tuple(tensors[key].shape)}, model {tuple(param.shape)}")
@@ -184,8 +188,14 @@ def check_against(model: torch.nn.Module, tensors: dict[str, torch.Tensor], wher
         raise CheckpointError(f"{where}: {len(problems)} tensor problem(s):\n  " + "\n  ".join(problems))
 
 
-def load_pretrained(cls, name_or_path, *, dtype: torch.dtype | str | None = None, device="cpu", **overrides):
-    """Build ``cls`` from a folder or Hub id. dtype None -> float32; "auto" -> the stored dtype."""
+def load_pretrained(cls, name_or_path, *, dtype: torch.dtype | str | None = None, device="cpu",
+                    inherit_mlp: bool = False, **overrides):
+    """Build ``cls`` from a folder or Hub id. dtype None -> float32; "auto" -> the stored dtype.
+
+    inherit_mlp=True loads a *dense* checkpoint into an ``is_moe`` config (pass is_moe=True and the
+    expert counts as overrides): the MLP becomes the shared expert, and only the router and the expert
+    embeddings start from fresh initialisation. Their names are kept in ``model.new_tensors``.
+    """
     folder = resolve_folder(name_or_path)
     tensors = read_tensors(weight_files(folder))
     generation = detect_generation(tensors)
@@ -195,9 +205,14 @@ def load_pretrained(cls, name_or_path, *, dtype: torch.dtype | str | None = None
     config = read_config(folder, **overrides)
     if dtype == "auto":
         dtype = next(iter(tensors.values())).dtype
+    if inherit_mlp and not config.is_moe:
+        raise CheckpointError("inherit_mlp=True needs an MoE config: pass is_moe=True (and num_experts, "
+                              "num_experts_per_tok)")
     model = cls(config)
-    check_against(model, tensors, str(folder))
+    new_tensors = [k for k in model.state_dict() if inherit_mlp and k.endswith(MOE_ONLY) and k not in tensors]
+    check_against(model, tensors, str(folder), may_be_missing=set(new_tensors).__contains__)
     model.load_state_dict(tensors, strict=False)
+    model.new_tensors = new_tensors
     model.to(device=device, dtype=dtype or torch.float32)
     model.checkpoint_generation = generation
     model.config._name_or_path = str(name_or_path)

@@ -305,3 +305,25 @@ def test_hub_id_offline_fails_clearly(tmp_path, monkeypatch):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="no such folder"):
         DogeForCausalLM.from_pretrained(str(tmp_path / "not here"))
+
+
+# ------------------------------------------------------------------------ dense -> MoE
+def test_dense_checkpoint_inherited_by_moe(tmp_path):
+    """The MLP becomes the shared expert; only router and expert embeddings are new. With the routed
+    experts silenced (up_embed = 0) the MoE model computes exactly what transformers' dense model does."""
+    dense_config = tiny_config()
+    dense = randomize_(reference_model(dense_config), 8)
+    dense.save_pretrained(tmp_path)
+    moe_fields = dict(is_moe=True, num_experts=16, num_experts_per_tok=4)
+    with pytest.raises(CheckpointError, match="missing model.layers.0.mlp.router_gate.weight"):
+        DogeForCausalLM.from_pretrained(tmp_path, **moe_fields)
+    moe = DogeForCausalLM.from_pretrained(tmp_path, inherit_mlp=True, **moe_fields)
+    assert sorted(moe.new_tensors) == sorted(
+        f"model.layers.{i}.mlp.{name}.weight" for i in range(dense_config.num_hidden_layers)
+        for name in ("router_gate", "down_embed", "up_embed"))
+    with torch.no_grad():
+        for layer in moe.model.layers:
+            layer.mlp.up_embed.weight.zero_()
+    assert max_logits_diff(moe, dense, random_ids(dense_config.vocab_size)) <= TOL
+    with pytest.raises(CheckpointError, match="is_moe=True"):
+        DogeForCausalLM.from_pretrained(tmp_path, inherit_mlp=True)
