@@ -17,7 +17,8 @@ Two execution paths give the same numbers:
 
 - ``materialised``: build the [B, heads, T, S] mask exactly as the reference does. Needed for the
   keep-window top-k, which selects keys per row.
-- ``chunked`` (native, S > keep_window_size): the materialised computation a block of query rows at a
+- ``chunked`` (native): up to the keep window the fused path with q, k and v padded to one width (so
+  SDPA can pick a flash kernel); past it the materialised computation a block of query rows at a
   time, so memory grows with rows x S instead of T x S (see ``attend_topk_chunked``).
 - ``fused`` (native, S <= keep_window_size): no mask tensor at all. Because the bias depends only on
   the key, it can ride inside the dot product: append a 1 to every query and ``b_s * sqrt(d)`` to every
@@ -138,28 +139,38 @@ def attend_materialised(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 
 
 def attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                 allowed: torch.Tensor | None, scale: float, dropout: float = 0.0) -> torch.Tensor:
+                 allowed: torch.Tensor | None, scale: float, dropout: float = 0.0,
+                 equal_head_dims: bool = False) -> torch.Tensor:
     """The same numbers as ``attend_materialised`` for S <= keep window, without a [T, S] float mask.
 
     q: [B, n_h, T, d]; k, v: [B, n_kv, S, d]; bias: [B, n_kv, S];
     allowed: bool [B, 1, T, S], or None for plain causal attention over the last T of S positions.
+
+    ``equal_head_dims``: pad q and k (d + 1 wide with the bias column) and v with zero columns to one
+    width, a multiple of 8. SDPA's flash kernels need q, k and v equally wide; with v one column
+    narrower PyTorch falls back to its math kernel, which holds the [B, n_h, T, S] scores after all.
     """
     ones = torch.ones(*q.shape[:-1], 1, dtype=q.dtype, device=q.device)
     q_ext = torch.cat((q, ones), dim=-1)
     k_ext = torch.cat((k, (bias / scale).unsqueeze(-1).to(k.dtype)), dim=-1)
+    d = v.shape[-1]
+    v_ext = v
+    if equal_head_dims:
+        width = -(-(d + 1) // 8) * 8
+        q_ext, k_ext, v_ext = F.pad(q_ext, (0, width - d - 1)), F.pad(k_ext, (0, width - d - 1)), F.pad(v, (0, width - d))
     t, s = q.shape[-2], k.shape[-2]
     groups = q.shape[1] // k.shape[1]
     if allowed is None:
         if t == s or t == 1:
-            return F.scaled_dot_product_attention(q_ext, k_ext, v, is_causal=t > 1, scale=scale,
-                                                  dropout_p=dropout, enable_gqa=groups > 1)
+            return F.scaled_dot_product_attention(q_ext, k_ext, v_ext, is_causal=t > 1, scale=scale,
+                                                  dropout_p=dropout, enable_gqa=groups > 1)[..., :d]
         allowed = causal_padding_mask(None, q.shape[0], t, s, q.device)
     # A row with no visible key gets min everywhere in the reference, i.e. a uniform average of all values.
     empty_rows = ~allowed.any(dim=-1, keepdim=True)  # [B, 1, T, 1]
     has_empty = bool(empty_rows.any())
     safe_mask = allowed | empty_rows if has_empty else allowed
-    out = F.scaled_dot_product_attention(q_ext, k_ext, v, attn_mask=safe_mask, scale=scale,
-                                         dropout_p=dropout, enable_gqa=groups > 1)
+    out = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, attn_mask=safe_mask, scale=scale,
+                                         dropout_p=dropout, enable_gqa=groups > 1)[..., :d]
     if has_empty:
         uniform = repeat_kv(v.mean(dim=-2, keepdim=True), groups)
         out = torch.where(empty_rows, uniform, out)
@@ -265,7 +276,7 @@ class DogeAttention(nn.Module):
             # no [T, S] tensor at all for plain causal input: every block makes its own rows
             rows_allowed = None if allowed is None or not padded else allowed
             if s <= self.keep_window_size:
-                out = attend_fused(q, k, v, bias, rows_allowed, self.scaling, dropout)
+                out = attend_fused(q, k, v, bias, rows_allowed, self.scaling, dropout, equal_head_dims=True)
             else:
                 out = attend_topk_chunked(q, k, v, bias, rows_allowed, self.keep_window_size, self.scaling,
                                           dropout, self.training)

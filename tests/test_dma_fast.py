@@ -22,7 +22,7 @@ WINDOW = 8  # far below the sequence lengths used, so the top-k decides in almos
 
 
 def build_pair(seed: int = 1, zero_a: bool = False, impl: str = "eager", **overrides):
-    config = tiny_config(keep_window_size=WINDOW, **overrides)
+    config = tiny_config(**{"keep_window_size": WINDOW, **overrides})
     ours = randomize_(DogeForCausalLM(config).eval(), seed)
     if zero_a:
         with torch.no_grad():
@@ -56,6 +56,19 @@ def test_chunked_logits_match_reference(impl, zero_a, small_blocks, record_diff)
     for name, kwargs in (("causal", {}), ("padded", {"attention_mask": mask})):
         diff = (ours(ids, **kwargs).logits - ref(ids, **kwargs).logits).abs().max().item()
         record_diff(f"chunked {impl} {'A=0' if zero_a else 'A'} {name}", diff, TOL)
+        assert diff <= TOL, f"{name}: {diff}"
+
+
+@torch.no_grad()
+def test_chunked_within_window_matches_reference(record_diff):
+    """Every key inside the window: the fused path with q, k, v padded to one width (flash-kernel friendly)."""
+    ours, ref = build_pair(keep_window_size=64)
+    ids = ids_for(ours.config.vocab_size, 2, 45)
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    for name, kwargs in (("causal", {}), ("padded", {"attention_mask": mask})):
+        diff = (ours(ids, **kwargs).logits - ref(ids, **kwargs).logits).abs().max().item()
+        record_diff(f"chunked within window {name}", diff, TOL)
         assert diff <= TOL, f"{name}: {diff}"
 
 
@@ -111,10 +124,12 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("window", [WINDOW, 256], ids=["top-k", "within-window"])
 @pytest.mark.parametrize("grad", [False, True], ids=["forward", "forward+backward"])
-def test_chunked_never_builds_a_full_mask(grad, monkeypatch):
-    """With blocks of 16 rows no operator output reaches T x S per head; the materialised path does."""
-    config = tiny_config(keep_window_size=WINDOW, num_hidden_layers=1)
+def test_chunked_never_builds_a_full_mask(grad, window, monkeypatch):
+    """No operator output reaches T x S per head (blocks of 16 rows past the window, a flash kernel
+    within it); the materialised path does, which shows the probe would see one."""
+    config = tiny_config(keep_window_size=window, num_hidden_layers=1)
     t = 128
     heads = config.num_attention_heads
     monkeypatch.setattr(attention, "CHUNK_ELEMENTS", heads * 16 * t)
