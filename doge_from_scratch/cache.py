@@ -1,7 +1,20 @@
-"""A minimal growing key/value cache (lesson 05 builds the fast, preallocated one).
+"""Key/value caches for decoding (lesson 05).
 
-Keys are stored after RoPE and k_norm, values as projected, so a decoding step only computes its own
-token's projections. The dynamic bias is recomputed from the cached values, as the reference does.
+Generating token t+1 needs the keys and values of tokens 0..t, but only token t is new. A cache keeps
+the keys (after k_norm and RoPE) and the values (as projected) of every token seen so far, so each
+decoding step projects one token instead of the whole sequence: per-token cost goes from O(t) full
+layer passes to one.
+
+What Doge adds: the dynamic-mask bias b_s = exp(A * softplus(dt_proj(v_s))) depends on the value of
+key s alone. The attention layer recomputes it from *all* cached values at every step, exactly as the
+reference does, so the cache stores nothing but keys and values. (``fast_decode`` caches the bias as
+well, since recomputing it is O(S) work per step for a number that never changes.)
+
+Two caches with the same ``update`` / ``get_seq_length`` interface (see ``attention.KVCacheLike``):
+
+- ``KVCache``: grows by concatenation. Simple, but every step copies the whole cache once.
+- ``StaticKVCache``: one buffer per layer allocated up front for ``max_length`` positions; a step writes
+  its slice in place and attention reads a view of the filled part. No copies, no allocations.
 """
 
 from __future__ import annotations
@@ -30,6 +43,58 @@ class KVCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.keys[layer_idx].shape[-2] if layer_idx < len(self.keys) else 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class StaticKVCache:
+    """Preallocated keys/values: per layer one [B, n_kv, max_length, d] buffer each, filled left to right.
+
+    ``update`` copies the new [B, n_kv, T, d] slice into place and returns views [B, n_kv, S, d] of the
+    filled part, so attention sees exactly what ``KVCache`` would give it.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_length: int,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
+        if max_length < 1:
+            raise ValueError(f"StaticKVCache.max_length={max_length}: must be >= 1")
+        shape = (batch_size, num_kv_heads, max_length, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.lengths = [0] * num_layers
+        self.max_length = max_length
+
+    @classmethod
+    def for_model(cls, config, batch_size: int, max_length: int, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu") -> "StaticKVCache":
+        """A cache shaped for a ``DogeConfig``: num_hidden_layers x [batch, n_kv, max_length, head_dim]."""
+        return cls(config.num_hidden_layers, batch_size, config.num_key_value_heads, config.head_dim,
+                   max_length, dtype, device)
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write key/value [B, n_kv, T, d] after the filled part; return the filled views [B, n_kv, S, d]."""
+        if not 0 <= layer_idx < len(self.keys):
+            raise IndexError(f"layer_idx={layer_idx} out of range for a cache of {len(self.keys)} layers")
+        start, t = self.lengths[layer_idx], key.shape[-2]
+        if start + t > self.max_length:
+            raise ValueError(f"StaticKVCache is full: layer {layer_idx} holds {start} of {self.max_length} "
+                             f"positions and cannot take {t} more; allocate a larger max_length")
+        buf_k, buf_v = self.keys[layer_idx], self.values[layer_idx]
+        if key.shape[:2] != buf_k.shape[:2] or key.shape[-1] != buf_k.shape[-1]:
+            raise ValueError(f"key has shape {tuple(key.shape)}, the cache holds {tuple(buf_k.shape)} "
+                             f"[batch, n_kv, max_length, head_dim]")
+        buf_k[:, :, start:start + t] = key
+        buf_v[:, :, start:start + t] = value
+        self.lengths[layer_idx] = start + t
+        return buf_k[:, :, :start + t], buf_v[:, :, :start + t]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.lengths[layer_idx]
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are reused, not freed)."""
+        self.lengths = [0] * len(self.lengths)
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -206,6 +206,13 @@ class DogeForCausalLM(DogePreTrainedModel):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 generation_config=None, streamer=None, **settings) -> torch.Tensor:
+        """Our own decode loop and KV cache (lesson 05); see ``generation.generate``."""
+        from .generation import generate
+
+        return generate(self, input_ids, attention_mask, generation_config, streamer, **settings)
+
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 past_key_values=None, inputs_embeds=None, use_cache: bool = False, logits_to_keep: int = 0,

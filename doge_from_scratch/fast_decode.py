@@ -1,0 +1,346 @@
+"""A fast CPU decoder for the same model (lesson 05): the numbers of ``DogeForCausalLM``, less of the overhead.
+
+Decoding one token at batch 1 is memory bound: every weight is read once to multiply one vector, so
+the time of those matrix-vector products is the floor. Everything else is overhead to remove:
+
+- fused weights: q/k/v are one [(n_h + 2 n_kv) d, H] matrix and gate/up one [2 I, H] matrix, so a
+  layer runs 4 products instead of 7 (fewer calls, and each reads its input once);
+- a preallocated cache for keys, values *and the dynamic bias*. The bias b_s = exp(A softplus(dt_proj
+  v_s)) depends on key s alone, so it is computed once when the key arrives instead of for every cached
+  key at every step (the teaching model recomputes it, as the reference does: same numbers);
+- no mask: while the cache fits in ``keep_window_size`` a decoding query sees every cached key, so the
+  bias row itself is the additive mask (unfilled or padded slots hold the dtype minimum, exactly what
+  the reference writes there);
+- the per-token path is a flat loop over tuples of tensors (no module calls, no ``causal_padding_mask``),
+  with q and k normed and rotated together, and grouped-query attention done by folding the g query
+  heads of a group into SDPA's query-length axis (no ``repeat_kv`` copy);
+- optional bfloat16 weights (half the bytes to read) and ``torch.compile`` of the per-token step.
+
+Prefill (the prompt), keep-window overflow (more keys than ``keep_window_size``: top-k over the bias)
+and padded rows go through the core attention functions, so they inherit the teaching model's numbers.
+``FastDoge`` is tested equal to ``DogeForCausalLM`` (1e-5 in float32) in ``tests/test_generation.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .attention import attend_fused, attend_materialised, causal_padding_mask, dynamic_mask, repeat_kv
+from .moe import ACT_FNS, product_key_topk, split_router_logits
+
+
+@dataclass
+class FusedLayer:
+    """One decoder layer's tensors, fused and cast for decoding."""
+
+    input_norm: torch.Tensor  # [H]
+    qkv: torch.Tensor  # [(n_h + 2 n_kv) d, H]
+    qkv_bias: torch.Tensor | None
+    qk_norm: torch.Tensor  # [n_h + n_kv, d]: q_norm.weight for each query head, then k_norm.weight per KV head
+    dt_weight: torch.Tensor  # [n_kv, n_kv d]
+    dt_bias: torch.Tensor | None
+    A: torch.Tensor  # [n_kv]
+    o: torch.Tensor  # [H, n_h d]
+    o_bias: torch.Tensor | None
+    input_residual: torch.Tensor  # [H]
+    post_norm: torch.Tensor  # [H]
+    gate_up: torch.Tensor  # [2 I, H]
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor  # [H, I]
+    down_bias: torch.Tensor | None
+    post_residual: torch.Tensor  # [H]
+    router: torch.Tensor | None = None  # MoE: [2K, H]
+    down_embed: torch.Tensor | None = None  # MoE: [E, H]
+    up_embed: torch.Tensor | None = None  # MoE: [E, H]
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.detach().to(dtype).contiguous()
+
+
+def _cat_bias(*linears, dtype) -> torch.Tensor | None:
+    if linears[0].bias is None:
+        return None
+    return torch.cat([lin.bias.detach() for lin in linears]).to(dtype)
+
+
+def fuse_layer(layer, dtype: torch.dtype) -> FusedLayer:
+    """Fused tensors of one ``DogeDecoderLayer`` (native attention)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
+    qk_norm = torch.cat([attn.q_norm.weight.detach().expand(attn.num_heads, -1),
+                         attn.k_norm.weight.detach().expand(attn.num_kv_heads, -1)])
+    fused = FusedLayer(
+        input_norm=_cast(layer.input_layernorm.weight, dtype),
+        qkv=_cast(qkv, dtype), qkv_bias=_cat_bias(attn.q_proj, attn.k_proj, attn.v_proj, dtype=dtype),
+        qk_norm=_cast(qk_norm, dtype),
+        dt_weight=_cast(attn.dt_proj.weight, dtype), dt_bias=_cast(attn.dt_proj.bias, dtype),
+        A=_cast(attn.A, dtype),
+        o=_cast(attn.o_proj.weight, dtype), o_bias=_cast(attn.o_proj.bias, dtype),
+        input_residual=_cast(layer.input_residual, dtype),
+        post_norm=_cast(layer.post_attention_layernorm.weight, dtype),
+        gate_up=_cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype),
+        gate_up_bias=_cat_bias(mlp.gate_proj, mlp.up_proj, dtype=dtype),
+        down=_cast(mlp.down_proj.weight, dtype), down_bias=_cast(mlp.down_proj.bias, dtype),
+        post_residual=_cast(layer.post_attention_residual, dtype),
+    )
+    if layer.is_moe:
+        fused.router = _cast(mlp.router_gate.weight, dtype)
+        fused.down_embed = _cast(mlp.down_embed.weight, dtype)
+        fused.up_embed = _cast(mlp.up_embed.weight, dtype)
+    return fused
+
+
+def layer_arguments(layer: FusedLayer) -> tuple:
+    """A fused layer's tensors in ``FastDoge._decode_layer``'s argument order."""
+    args = (layer.input_norm, layer.qkv, layer.qkv_bias, layer.qk_norm, layer.dt_weight, layer.dt_bias, layer.A,
+            layer.o, layer.o_bias, layer.input_residual, layer.post_norm, layer.gate_up, layer.gate_up_bias,
+            layer.down, layer.down_bias, layer.post_residual)
+    if layer.router is not None:
+        args += (layer.router, layer.down_embed, layer.up_embed)
+    return args
+
+
+class FastDoge:
+    """Inference-only copy of a native-attention ``DogeForCausalLM`` with fused weights.
+
+    ``FastDoge(model, dtype=torch.bfloat16)`` then ``fast.generate(ids, max_new_tokens=...)`` or
+    ``generation.generate(fast, ...)``. The source model is not modified and may be dropped.
+    """
+
+    def __init__(self, model, dtype: torch.dtype | None = None, compile: bool = False) -> None:
+        config = model.config
+        if config.attention_variant != "native":
+            raise NotImplementedError("FastDoge supports native (generation C) attention; "
+                                      "use the teaching model's generate for classic checkpoints")
+        self.config = config
+        self.dtype = dtype or next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.groups = self.num_heads // self.num_kv_heads
+        self.scaling = self.head_dim ** -0.5
+        self.keep_window_size = config.keep_window_size
+        self.eps = config.rms_norm_eps
+        self.act_fn = ACT_FNS[config.hidden_act]
+        self.is_moe = config.is_moe
+        if self.is_moe:
+            self.num_keys = math.floor(math.sqrt(config.num_experts))
+            self.top_k = config.num_experts_per_tok
+            self.norm_topk_prob = config.norm_topk_prob
+            self.router_split = config.moe_router_split
+        self.intermediate = config.intermediate_size
+        self.rotary = model.model.rotary_emb
+        with torch.no_grad():
+            self.embed = _cast(model.model.embed_tokens.weight, self.dtype)
+            lm_head = model.lm_head.weight
+            tied = lm_head.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+            self.lm_head = self.embed if tied else _cast(lm_head, self.dtype)
+            self.final_norm = _cast(model.model.norm.weight, self.dtype)
+            self.layers = [fuse_layer(layer, self.dtype) for layer in model.model.layers]
+        self.neg = torch.finfo(self.dtype).min
+        self.layer_args = [layer_arguments(layer) for layer in self.layers]
+        self.compiled = compile
+        self._layer_impl = self._decode_layer
+        self._step_impl = self._decode_step
+        if compile == "layer":
+            self._layer_impl = torch.compile(self._decode_layer, dynamic=False)
+        elif compile:
+            self._step_impl = torch.compile(self._decode_step, dynamic=False)
+        self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def rope_for(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [B, 1, d] for one new position per row.
+
+        Below ``max_position_embeddings`` the RoPE frequencies are fixed, so the rows come from a table
+        built once by the model's own rotary module; past it (dynamic NTK) they are recomputed each step.
+        """
+        limit = self.rotary.max_positions
+        if self._rope_table is None:
+            cos, sin = self.rotary(self.embed[:1], torch.arange(limit, device=self.device)[None])
+            self._rope_table = (cos[0], sin[0])
+        if int(position_ids.max()) < limit:
+            cos, sin = self._rope_table
+            return cos.index_select(0, position_ids)[:, None], sin.index_select(0, position_ids)[:, None]
+        cos, sin = self.rotary(self.embed[:1], position_ids[:, None])
+        return cos, sin
+
+    # -- public ----------------------------------------------------------------------------------
+    def make_stepper(self, batch_size: int, max_length: int) -> "FastStepper":
+        return FastStepper(self, batch_size, max_length)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 generation_config=None, streamer=None, **settings) -> torch.Tensor:
+        from .generation import generate
+
+        return generate(self, input_ids, attention_mask, generation_config, streamer, **settings)
+
+    def weight_bytes(self) -> int:
+        tensors = [self.embed, self.final_norm] + ([] if self.lm_head is self.embed else [self.lm_head])
+        for layer in self.layers:
+            tensors += [t for t in vars(layer).values() if isinstance(t, torch.Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    # -- building blocks -------------------------------------------------------------------------
+    def rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The teaching RMSNorm: statistic in float32, cast back, then times the weight."""
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, x.shape[-1:], eps=self.eps) * weight
+        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype) * weight
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, heads, d]; cos/sin: [B, T, 1, d] -> rotate-half RoPE (as ``layers.apply_rotary``)."""
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def mlp(self, layer: FusedLayer, h: torch.Tensor) -> torch.Tensor:
+        """h: [B, T, H] (normed) -> [B, T, H]: shared SiLU-gated MLP (+ routed experts for MoE)."""
+        gate, up = F.linear(h, layer.gate_up, layer.gate_up_bias).split(self.intermediate, dim=-1)
+        out = F.linear(self.act_fn(gate) * up, layer.down, layer.down_bias)
+        if layer.router is not None:
+            routed = self._routed_experts(h.reshape(-1, h.shape[-1]), layer.router, layer.down_embed, layer.up_embed)
+            out = out + routed.view(h.shape)
+        return out
+
+    # -- one pass over T tokens (prefill, or decode when padded / past the keep window) ----------
+    def forward_tokens(self, state: "FastStepper", input_ids: torch.Tensor, position_ids: torch.Tensor,
+                       attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """input_ids: [B, T] written at cache slots [start, start + T) -> last-position logits [B, V] float32.
+
+        attention_mask: [B, start + T] (1 = real) or None for an unpadded batch.
+        """
+        b, t = input_ids.shape
+        start, end = state.length, state.length + t
+        if end > state.max_length:
+            raise ValueError(f"the cache holds {state.max_length} positions; cannot reach {end}")
+        x = F.embedding(input_ids, self.embed)
+        cos, sin = self.rotary(x, position_ids)
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+        allowed = causal_padding_mask(attention_mask, b, t, end, x.device)
+        padded = attention_mask is not None
+        real_new = None if attention_mask is None else attention_mask[:, None, start:end].bool()  # [B, 1, T]
+        nh, nkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        for i, layer in enumerate(self.layers):
+            h = self.rms(x, layer.input_norm)
+            qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+            qk = self.rope(self.rms(qkv[..., :(nh + nkv) * d].view(b, t, nh + nkv, d), layer.qk_norm), cos, sin)
+            v = qkv[..., (nh + nkv) * d:].view(b, t, nkv, d)
+            q = qk[:, :, :nh].transpose(1, 2)
+            state.keys[i][:, :, start:end] = qk[:, :, nh:].transpose(1, 2)
+            state.values[i][:, :, start:end] = v.transpose(1, 2)
+            bias = torch.exp(layer.A * F.softplus(F.linear(v.reshape(b, t, nkv * d), layer.dt_weight,
+                                                           layer.dt_bias))).transpose(1, 2)  # [B, n_kv, T]
+            if real_new is not None:
+                bias = bias.masked_fill(~real_new, self.neg)
+            state.bias[i][:, :, start:end] = bias
+            keys, values = state.keys[i][:, :, :end], state.values[i][:, :, :end]
+            if end <= self.keep_window_size:
+                out = attend_fused(q, keys, values, state.bias_for_attention(i, end), allowed if padded else None,
+                                   self.scaling)
+            else:
+                mask = dynamic_mask(state.bias_for_attention(i, end), allowed, self.keep_window_size, x.dtype)
+                out = attend_materialised(q, keys, values, repeat_kv(mask, self.groups), self.scaling)
+            x = layer.input_residual * x + F.linear(out.transpose(1, 2).reshape(b, t, nh * d), layer.o, layer.o_bias)
+            x = layer.post_residual * x + self.mlp(layer, self.rms(x, layer.post_norm))
+        state.length = end
+        return F.linear(self.rms(x[:, -1], self.final_norm), self.lm_head).float()
+
+    # -- the hot path: one new token per row, no padding, cache within the keep window ----------
+    def _decode_step(self, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor,
+                     keys: list[torch.Tensor], values: list[torch.Tensor], bias: list[torch.Tensor]) -> torch.Tensor:
+        """tokens: [B]; cos/sin: [B, 1, d]; slot: [1] -> logits [B, V] float32, caches written at ``slot``."""
+        x = F.embedding(tokens, self.embed)  # [B, H]
+        for i, layer in enumerate(self.layers):
+            x = self._layer_impl(x, cos, sin, slot, keys[i], values[i], bias[i], *self.layer_args[i])
+        return F.linear(self.rms(x, self.final_norm), self.lm_head).float()
+
+    def _decode_layer(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor,
+                      keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                      input_norm, qkv_w, qkv_b, qk_norm, dt_w, dt_b, A, o_w, o_b, input_residual,
+                      post_norm, gate_up_w, gate_up_b, down_w, down_b, post_residual,
+                      router=None, down_embed=None, up_embed=None) -> torch.Tensor:
+        """One decoder layer for one new token per row. x: [B, H] -> [B, H].
+
+        keys/values: [B, n_kv, S_max, d], bias: [B, n_kv, S_max], written at ``slot`` in place.
+        Attention reads the whole preallocated buffers: unfilled slots carry the dtype minimum as bias
+        (the reference's masked value), so they get exactly zero weight and shapes never change, which
+        lets ``torch.compile`` build this function once and reuse it for every layer and step.
+        Tensors come as arguments (not attributes) for the same reason.
+        """
+        b = x.shape[0]
+        nh, nkv, d, g = self.num_heads, self.num_kv_heads, self.head_dim, self.groups
+        nqk = (nh + nkv) * d
+        qkv = F.linear(self.rms(x, input_norm), qkv_w, qkv_b)
+        qk = self.rope(self.rms(qkv[:, :nqk].view(b, nh + nkv, d), qk_norm), cos, sin)
+        v = qkv[:, nqk:]
+        keys.index_copy_(2, slot, qk[:, nh:, None])
+        values.index_copy_(2, slot, v.view(b, nkv, 1, d))
+        bias.index_copy_(2, slot, torch.exp(A * F.softplus(F.linear(v, dt_w, dt_b)))[:, :, None])
+        # the g query heads of a KV group ride in the query-length axis: [B, n_kv, g, d] (no repeat_kv)
+        scores = torch.matmul(qk[:, :nh].view(b, nkv, g, d), keys.transpose(2, 3)) * self.scaling
+        probs = torch.softmax(scores + bias[:, :, None, :], dim=-1, dtype=torch.float32).to(x.dtype)
+        out = torch.matmul(probs, values)
+        x = input_residual * x + F.linear(out.reshape(b, nh * d), o_w, o_b)
+        h = self.rms(x, post_norm)
+        gate, up = F.linear(h, gate_up_w, gate_up_b).split(self.intermediate, dim=-1)
+        m = F.linear(self.act_fn(gate) * up, down_w, down_b)
+        if router is not None:
+            m = m + self._routed_experts(h, router, down_embed, up_embed)
+        return post_residual * x + m
+
+    def _routed_experts(self, h: torch.Tensor, router, down_embed, up_embed) -> torch.Tensor:
+        """h: [N, H] normed tokens -> [N, H] weighted sum of their top-k rank-one experts."""
+        halves = split_router_logits(F.linear(h, router)[:, None], self.router_split)
+        scores, experts = product_key_topk(halves, self.num_keys, self.top_k)
+        weights = F.softmax(scores, dim=-1)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        gates = torch.matmul(F.embedding(experts, down_embed), h[:, :, None]).squeeze(-1)  # [N, k]
+        gates = self.act_fn(gates) * weights
+        return torch.matmul(gates[:, None], F.embedding(experts, up_embed))[:, 0]
+
+
+class FastStepper:
+    """Per-call state of a ``FastDoge`` decode: preallocated keys, values and bias for every layer."""
+
+    def __init__(self, fast: FastDoge, batch_size: int, max_length: int) -> None:
+        shape = (batch_size, fast.num_kv_heads, max_length, fast.head_dim)
+        dtype, device = fast.dtype, fast.device
+        self.fast = fast
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in fast.layers]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in fast.layers]
+        # unfilled slots hold the dtype minimum: exactly the reference's masked value
+        self.bias = [torch.full(shape[:3], fast.neg, dtype=dtype, device=device) for _ in fast.layers]
+        self.length = 0
+        self.max_length = max_length
+        self.padded = False
+
+    def bias_for_attention(self, layer_idx: int, end: int) -> torch.Tensor:
+        return self.bias[layer_idx][:, :, :end]
+
+    def cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values + self.bias)
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                position_ids: torch.Tensor) -> torch.Tensor:
+        self.padded = attention_mask is not None
+        return self.fast.forward_tokens(self, input_ids, position_ids, attention_mask)
+
+    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None,
+             position_ids: torch.Tensor) -> torch.Tensor:
+        """tokens: [B]; position_ids: [B] -> logits [B, V]."""
+        fast = self.fast
+        if self.padded or self.length + 1 > fast.keep_window_size:
+            return fast.forward_tokens(self, tokens[:, None], position_ids[:, None], attention_mask)
+        if self.length + 1 > self.max_length:
+            raise ValueError(f"the cache holds {self.max_length} positions; cannot add another")
+        cos, sin = fast.rope_for(position_ids)
+        slot = torch.tensor([self.length], device=tokens.device)
+        logits = fast._step_impl(tokens, cos, sin, slot, self.keys, self.values, self.bias)
+        self.length += 1
+        return logits

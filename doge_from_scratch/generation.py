@@ -1,0 +1,401 @@
+"""Text generation (lesson 05): the decode loop, logits processing, sampling and streamers.
+
+``generate`` runs any Doge decoder token by token:
+
+1. prefill: one forward pass over the prompt fills the KV cache and gives the next-token logits;
+2. pick a token from the last logits (greedy argmax, or a sample from the processed distribution);
+3. feed that single token back (one cheap step thanks to the cache) and repeat until every row has
+   produced one of the eos ids or ``max_new_tokens`` tokens.
+
+The processing chain is the one the model cards rely on (transformers' ``generate`` semantics):
+repetition penalty (always), then for sampling temperature -> top-k -> top-p, then softmax and a
+multinomial draw. Seeding ``torch.manual_seed`` before a call reproduces transformers' sample exactly;
+``seed=`` uses a private generator so sampling reproduces without touching the global RNG.
+
+Batched prompts are left padded: row b's real tokens end at the last column, so every row's next
+token is written in the same column. Positions count real tokens only (``cumsum(mask) - 1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+
+from .cache import StaticKVCache
+
+
+# --------------------------------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class GenerationConfig:
+    """The generation settings we honour, with transformers' defaults.
+
+    top_k defaults to 50 as in transformers (a card that sets only temperature and top_p still gets
+    top-k 50). eos/pad ids default to the model config's.
+    """
+
+    max_new_tokens: int = 20
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    use_cache: bool = True
+    seed: int | None = None
+
+    def validate(self) -> None:
+        def fail(field: str, why: str) -> None:
+            raise ValueError(f"GenerationConfig.{field}={getattr(self, field)!r}: {why}")
+
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            fail("max_new_tokens", "must be an integer >= 1")
+        if self.do_sample and not self.temperature > 0:
+            fail("temperature", "must be > 0 when sampling")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+            fail("top_k", "must be None, 0 (off) or a positive integer")
+        if not 0.0 <= self.top_p <= 1.0:
+            fail("top_p", "must be in [0, 1]")
+        if not self.repetition_penalty > 0:
+            fail("repetition_penalty", "must be > 0 (1.0 = off)")
+
+    @property
+    def eos_ids(self) -> list[int]:
+        if self.eos_token_id is None:
+            return []
+        return [int(self.eos_token_id)] if isinstance(self.eos_token_id, int) else [int(i) for i in self.eos_token_id]
+
+
+# transformers GenerationConfig fields that would change the result but that we do not implement
+_UNSUPPORTED = {"num_beams": 1, "num_return_sequences": 1, "typical_p": 1.0, "no_repeat_ngram_size": 0,
+                "min_new_tokens": None, "min_length": 0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+                "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+                "forced_bos_token_id": None, "forced_eos_token_id": None, "penalty_alpha": None,
+                "stop_strings": None, "assistant_model": None, "return_dict_in_generate": False}
+
+
+def resolve_config(model_config, generation_config=None, **overrides) -> GenerationConfig:
+    """Our ``GenerationConfig`` from ours, a transformers ``GenerationConfig``, a dict, or None, plus overrides.
+
+    Fields a transformers config leaves unset (None) take transformers' defaults; a setting that would
+    change the output but is not implemented here raises instead of being ignored silently.
+    """
+    fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    given: dict[str, Any] = {}
+    if isinstance(generation_config, GenerationConfig):
+        given = dataclasses.asdict(generation_config)
+    elif isinstance(generation_config, dict):
+        given = dict(generation_config)
+    elif generation_config is not None:  # a transformers.GenerationConfig (or anything with its attributes)
+        for name, neutral in _UNSUPPORTED.items():
+            value = getattr(generation_config, name, neutral)
+            if value is not None and value != neutral:
+                raise NotImplementedError(f"generation_config.{name}={value!r} is not supported by this generate")
+        if getattr(generation_config, "max_new_tokens", None) is None and getattr(generation_config, "max_length", None):
+            raise NotImplementedError("set generation_config.max_new_tokens (max_length is not supported)")
+        # transformers leaves unset fields at None and fills in its defaults (ours) later
+        given = {name: value for name in fields if (value := getattr(generation_config, name, None)) is not None}
+    unknown = sorted((set(given) | set(overrides)) - fields)
+    if unknown:
+        raise TypeError(f"unknown generation settings {unknown}; known: {sorted(fields)}")
+    merged = {**given, **overrides}
+    config = GenerationConfig(**merged)
+    if config.eos_token_id is None:
+        config.eos_token_id = getattr(model_config, "eos_token_id", None)
+    if config.pad_token_id is None:
+        config.pad_token_id = getattr(model_config, "pad_token_id", None)
+        if config.pad_token_id is None and config.eos_ids:
+            config.pad_token_id = config.eos_ids[0]
+    config.validate()
+    return config
+
+
+# --------------------------------------------------------------------------------------------------
+# logits processing and token choice
+# --------------------------------------------------------------------------------------------------
+def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style penalty on every token already in the sequence: positive logits / p, negative * p.
+
+    scores: [B, V] float; seen: bool [B, V]. Dividing a positive logit and multiplying a negative one
+    both make the token less likely for p > 1.
+    """
+    if penalty == 1.0:
+        return scores
+    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, penalised, scores)
+
+
+def top_k_filter(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest scores of each row (ties with the k-th kept), set the rest to -inf. [B, V] -> [B, V]"""
+    k = min(k, scores.shape[-1])
+    kth = torch.topk(scores, k, dim=-1).values[..., -1:]
+    return scores.masked_fill(scores < kth, float("-inf"))
+
+
+def top_p_filter(scores: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter: keep the most likely tokens whose probabilities add up to p (at least one).
+
+    Sorting ascending, a token is dropped when the total probability of it and everything less likely
+    is still <= 1 - p, i.e. the kept ones already cover p without it. [B, V] -> [B, V]
+    """
+    if p >= 1.0:
+        return scores
+    ascending, order = torch.sort(scores, dim=-1)
+    tail_mass = ascending.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = tail_mass <= 1.0 - p
+    drop_sorted[..., -1] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return scores.masked_fill(drop, float("-inf"))
+
+
+def process_logits(logits: torch.Tensor, seen: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
+    """Repetition penalty, then (sampling only) temperature, top-k and top-p. [B, V] float32 -> [B, V]"""
+    scores = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+    if config.do_sample:
+        if config.temperature != 1.0:
+            scores = scores / config.temperature
+        if config.top_k:
+            scores = top_k_filter(scores, config.top_k)
+        scores = top_p_filter(scores, config.top_p)
+    return scores
+
+
+def choose_tokens(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B, V] processed scores -> [B] token ids (argmax, or one multinomial draw per row)."""
+    if not do_sample:
+        return scores.argmax(dim=-1)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# streamers
+# --------------------------------------------------------------------------------------------------
+class Streamer(Protocol):
+    """What ``generate`` calls (transformers' streamer protocol, so its TextStreamer works too)."""
+
+    def put(self, value: torch.Tensor) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class TextStreamer:
+    """Decode tokens as they arrive and hand out text in readable pieces.
+
+    generate calls ``put`` with the prompt [1, T] once, then with each new token [1]. Text goes out up to
+    the last space or newline (a word may still grow by another token) and never ends in a half
+    multi-byte character (decoded as U+FFFD). ``on_text(text, final)`` receives the pieces; by default
+    they are printed, like transformers' TextStreamer.
+    """
+
+    def __init__(self, tokenizer, skip_prompt: bool = False,
+                 on_text: Callable[[str, bool], None] | None = None, **decode_kwargs) -> None:
+        self.tokenizer = tokenizer
+        self.skip_prompt = skip_prompt
+        self.decode_kwargs = decode_kwargs
+        self.on_text = on_text or (lambda text, final: print(text, end="" if not final else "\n", flush=True))
+        self.tokens: list[int] = []
+        self.printed = 0
+        self.seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.dim() > 1 and value.shape[0] > 1 or value.dim() == 1 and value.shape[0] > 1 and self.seen_prompt:
+            raise ValueError("TextStreamer follows a single sequence; use batch size 1")
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            if self.skip_prompt:
+                return
+        self.tokens.extend(int(t) for t in value.reshape(-1))
+        text = self.tokenizer.decode(self.tokens, **self.decode_kwargs)
+        if text.endswith("\n"):
+            piece, self.tokens, self.printed = text[self.printed:], [], 0
+        elif text.endswith("\ufffd"):
+            return
+        else:
+            cut = max(text.rfind(" "), text.rfind("\n")) + 1
+            piece = text[self.printed:cut] if cut > self.printed else ""
+            self.printed = max(self.printed, cut)
+        if piece:
+            self.on_text(piece, False)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.tokens, **self.decode_kwargs) if self.tokens else ""
+        self.on_text(text[self.printed:], True)
+        self.tokens, self.printed, self.seen_prompt = [], 0, False
+
+
+class TextIteratorStreamer(TextStreamer):
+    """A TextStreamer you iterate over: run ``generate`` in a thread and ``for text in streamer``."""
+
+    def __init__(self, tokenizer, skip_prompt: bool = False, timeout: float | None = None, **decode_kwargs) -> None:
+        super().__init__(tokenizer, skip_prompt, on_text=self._enqueue, **decode_kwargs)
+        self.queue: queue.Queue = queue.Queue()
+        self.timeout = timeout
+
+    def _enqueue(self, text: str, final: bool) -> None:
+        if text:
+            self.queue.put(text)
+        if final:
+            self.queue.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while (text := self.queue.get(timeout=self.timeout)) is not None:
+            yield text
+
+
+class CallbackStreamer:
+    """Calls ``fn(token_ids [B])`` for every new token (the prompt is skipped): the rawest streamer."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], None]) -> None:
+        self.fn = fn
+        self.seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        self.fn(value)
+
+    def end(self) -> None:
+        self.seen_prompt = False
+
+
+# --------------------------------------------------------------------------------------------------
+# steppers: "prefill the prompt" and "one more token" for a given decoder
+# --------------------------------------------------------------------------------------------------
+class Stepper(Protocol):
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                position_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None,
+             position_ids: torch.Tensor) -> torch.Tensor: ...
+
+
+class ModelStepper:
+    """Drives a ``DogeForCausalLM`` (the teaching model) with a static or growing KV cache, or no cache.
+
+    Without a cache (``cache="none"``) every step re-runs the whole sequence: the slow baseline the
+    lesson measures the cache against.
+    """
+
+    def __init__(self, model, batch_size: int, max_length: int, cache: str = "static") -> None:
+        from .cache import KVCache
+
+        if cache not in ("static", "dynamic", "none"):
+            raise ValueError(f"cache={cache!r}: choose 'static', 'dynamic' or 'none'")
+        self.model = model
+        self.mode = cache
+        dtype = next(model.parameters()).dtype
+        device = next(model.parameters()).device
+        if cache == "static":
+            self.cache = StaticKVCache.for_model(model.config, batch_size, max_length, dtype, device)
+        else:
+            self.cache = KVCache() if cache == "dynamic" else None
+        self.ids: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+
+    def _run(self, ids, attention_mask, position_ids) -> torch.Tensor:
+        out = self.model(ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=self.cache, use_cache=self.cache is not None, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        self.ids, self.positions = input_ids, position_ids
+        return self._run(input_ids, attention_mask, position_ids)
+
+    def step(self, tokens, attention_mask, position_ids) -> torch.Tensor:
+        if self.cache is None:  # recompute everything: the no-cache baseline
+            self.ids = torch.cat((self.ids, tokens[:, None]), dim=1)
+            self.positions = torch.cat((self.positions, position_ids[:, None]), dim=1)
+            return self._run(self.ids, attention_mask, self.positions)
+        return self._run(tokens[:, None], attention_mask, position_ids[:, None])
+
+
+def make_stepper(model, batch_size: int, max_length: int, cache: str) -> Stepper:
+    """The model's own stepper if it has one (``fast_decode.FastDoge``), else a ``ModelStepper``."""
+    if hasattr(model, "make_stepper"):
+        return model.make_stepper(batch_size, max_length)
+    return ModelStepper(model, batch_size, max_length, cache)
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------------
+def left_padding_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] 0/1 mask (left padded) -> position ids [B, T]: real tokens count from 0, padding gets 0."""
+    real = attention_mask.long()
+    if bool(((real[:, 1:] - real[:, :-1]) < 0).any()):
+        raise ValueError("attention_mask has padding after a real token: generate needs LEFT padding "
+                         "(tokenizer.padding_side = 'left')")
+    return (real.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             generation_config=None, streamer: Streamer | None = None, cache: str = "static",
+             tokenizer=None, **settings) -> torch.Tensor:
+    """Continue each prompt row; returns [B, T + new] ids (prompt, then new tokens, pad after an eos).
+
+    model: a ``DogeForCausalLM`` or a ``fast_decode.FastDoge``. input_ids: [B, T];
+    attention_mask: [B, T] with 0 on LEFT padding. generation_config: ours, a transformers
+    ``GenerationConfig`` or a dict; ``settings`` override single fields (max_new_tokens=..., seed=...).
+    cache: "static" (preallocated), "dynamic" (grown by concatenation) or "none" (recompute all).
+    ``tokenizer`` is accepted for the model cards' call signature and otherwise unused.
+    """
+    del tokenizer
+    config = resolve_config(model.config, generation_config, **settings)
+    if not config.use_cache:
+        cache = "none"
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be [batch, prompt_len] with prompt_len >= 1, got {tuple(input_ids.shape)}")
+    batch, prompt_len = input_ids.shape
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+    full_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    position_ids = left_padding_positions(full_mask)
+    padded = not bool(full_mask.all())
+    eos = torch.tensor(config.eos_ids, dtype=torch.long, device=input_ids.device)
+    if config.eos_ids and config.pad_token_id is None:
+        raise ValueError("generation needs a pad_token_id to fill rows that already stopped")
+    generator = None
+    if config.do_sample and config.seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
+
+    vocab = model.config.vocab_size
+    seen = torch.zeros(batch, vocab, dtype=torch.bool, device=input_ids.device)
+    if config.repetition_penalty != 1.0:
+        rows, cols = full_mask.nonzero(as_tuple=True)
+        seen[rows, input_ids[rows, cols]] = True
+
+    stepper = make_stepper(model, batch, prompt_len + config.max_new_tokens, cache)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    logits = stepper.prefill(input_ids, full_mask if padded else None, position_ids)
+    next_position = position_ids[:, -1] + 1
+    unfinished = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
+    new_tokens = []
+    for step in range(config.max_new_tokens):
+        tokens = choose_tokens(process_logits(logits, seen, config), config.do_sample, generator)
+        if len(eos):
+            tokens = torch.where(unfinished, tokens, config.pad_token_id)
+            unfinished &= ~torch.isin(tokens, eos)
+        new_tokens.append(tokens)
+        if config.repetition_penalty != 1.0:
+            seen[torch.arange(batch), tokens] = True
+        if streamer is not None:
+            streamer.put(tokens.cpu())
+        if step == config.max_new_tokens - 1 or not bool(unfinished.any()):
+            break
+        if padded:
+            full_mask = torch.cat((full_mask, full_mask.new_ones(batch, 1)), dim=1)
+        logits = stepper.step(tokens, full_mask if padded else None, next_position)
+        next_position = next_position + 1
+    if streamer is not None:
+        streamer.end()
+    return torch.cat((input_ids, torch.stack(new_tokens, dim=1)), dim=1)

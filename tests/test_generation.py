@@ -1,0 +1,248 @@
+"""generate and the fast decoder against transformers' generate on the same weights (float32)."""
+
+import pytest
+import torch
+import transformers
+from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                    TopKLogitsWarper, TopPLogitsWarper)
+
+from doge_from_scratch import DogeForCausalLM
+from doge_from_scratch.fast_decode import FastDoge
+from doge_from_scratch.generation import (CallbackStreamer, GenerationConfig, ModelStepper, TextIteratorStreamer,
+                                          TextStreamer, apply_repetition_penalty, generate, top_k_filter,
+                                          top_p_filter)
+from doge_from_scratch.testing import copy_into_reference, randomize_, reference_model, tiny_config
+
+DENSE = dict()
+MOE = dict(is_moe=True, num_experts=64, num_experts_per_tok=4)
+LONG = dict(keep_window_size=16)  # prompts below are 24 tokens: past the keep window from the start
+
+
+def make_pair(**overrides):
+    torch.manual_seed(0)
+    config = tiny_config(**overrides)
+    ours = randomize_(DogeForCausalLM(config).eval(), seed=1)
+    reference = reference_model(config)
+    copy_into_reference(ours, reference)
+    return ours, reference
+
+
+def prompt(batch=1, length=24, seed=0, vocab=97):
+    return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def reference_generate(reference, ids, **settings):
+    settings.setdefault("eos_token_id", None)
+    settings.setdefault("pad_token_id", 0)
+    return reference.generate(ids, **settings)
+
+
+# -- greedy parity ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides", [DENSE, MOE, LONG, dict(attention_bias=True, mlp_bias=True)],
+                         ids=["dense", "moe", "past-keep-window", "biases"])
+def test_greedy_ids_equal_transformers(overrides):
+    ours, reference = make_pair(**overrides)
+    ids = prompt()
+    expected = reference_generate(reference, ids, max_new_tokens=60, do_sample=False)
+    assert torch.equal(generate(ours, ids, max_new_tokens=60), expected)
+    assert torch.equal(generate(FastDoge(ours), ids, max_new_tokens=60), expected)
+    assert torch.equal(ours.generate(ids, max_new_tokens=60, cache="dynamic"), expected)
+
+
+def test_greedy_without_cache_equals_with_cache():
+    ours, _ = make_pair()
+    ids = prompt(length=10)
+    assert torch.equal(generate(ours, ids, max_new_tokens=20, cache="none"),
+                       generate(ours, ids, max_new_tokens=20, cache="static"))
+
+
+# -- sampling -----------------------------------------------------------------------------------------
+CARD = dict(do_sample=True, temperature=0.8, top_p=0.9, repetition_penalty=1.0)
+
+
+@pytest.mark.parametrize("settings", [CARD, dict(do_sample=True, temperature=1.3, top_k=7, repetition_penalty=1.4),
+                                      dict(do_sample=False, repetition_penalty=1.5)],
+                         ids=["card", "top-k-penalty", "greedy-penalty"])
+def test_sampling_with_global_seed_equals_transformers(settings):
+    ours, reference = make_pair()
+    ids = prompt(batch=2, seed=4)
+    torch.manual_seed(123)
+    expected = reference_generate(reference, ids, max_new_tokens=50, **settings)
+    torch.manual_seed(123)
+    assert torch.equal(generate(ours, ids, max_new_tokens=50, **settings), expected)
+
+
+def test_seeded_sampling_reproduces_and_leaves_global_rng_alone():
+    ours, _ = make_pair()
+    ids = prompt(seed=5)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    a = generate(ours, ids, max_new_tokens=30, seed=7, **CARD)
+    after = torch.rand(1)
+    assert torch.equal(before, after)
+    assert torch.equal(a, generate(FastDoge(ours), ids, max_new_tokens=30, seed=7, **CARD))
+    assert not torch.equal(a, generate(ours, ids, max_new_tokens=30, seed=8, **CARD))
+
+
+def test_card_generation_config_works_as_given():
+    ours, reference = make_pair()
+    card = transformers.GenerationConfig(max_new_tokens=100, use_cache=True, do_sample=True, temperature=0.8,
+                                         top_p=0.9, repetition_penalty=1.0)
+    ids = prompt(seed=6)
+    torch.manual_seed(11)
+    expected = reference.generate(ids, generation_config=card, eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(11)
+    assert torch.equal(ours.generate(ids, generation_config=card, tokenizer=None), expected)
+    with pytest.raises(NotImplementedError, match="num_beams"):
+        generate(ours, ids, generation_config=transformers.GenerationConfig(max_new_tokens=5, num_beams=2))
+    with pytest.raises(TypeError, match="unknown generation settings"):
+        generate(ours, ids, max_new_tokens=5, beams=3)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(ours, ids, max_new_tokens=5, top_p=1.5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_logits_processors_equal_transformers(seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(3, 50, generator=g) * 3
+    seq = torch.randint(0, 50, (3, 12), generator=g)
+    seen = torch.zeros(3, 50, dtype=torch.bool).scatter(1, seq, True)
+    torch.testing.assert_close(apply_repetition_penalty(scores, seen, 1.3),
+                               RepetitionPenaltyLogitsProcessor(1.3)(seq, scores.clone()))
+    torch.testing.assert_close(top_k_filter(scores, 5), TopKLogitsWarper(5)(seq, scores.clone()))
+    for p in (0.3, 0.9, 0.999):
+        torch.testing.assert_close(top_p_filter(scores, p), TopPLogitsWarper(p)(seq, scores.clone()))
+    torch.testing.assert_close(scores / 0.7, TemperatureLogitsWarper(0.7)(seq, scores.clone()))
+
+
+# -- eos, batching --------------------------------------------------------------------------------------
+def test_stops_on_any_of_several_eos_ids_and_pads_finished_rows():
+    ours, reference = make_pair()
+    ids = prompt(batch=3, seed=8)
+    free = generate(ours, ids, max_new_tokens=40)
+    new = free[:, 24:]
+    eos = [int(new[0, 5]), int(new[1, 9])]  # tokens each of two rows is known to produce
+    out = generate(ours, ids, max_new_tokens=40, eos_token_id=eos, pad_token_id=0)
+    expected = reference_generate(reference, ids, max_new_tokens=40, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(out, expected)
+    for row in range(3):
+        hits = [i for i, t in enumerate(out[row, 24:].tolist()) if t in eos]
+        if hits:
+            assert (out[row, 24 + hits[0] + 1:] == 0).all()
+    single = generate(ours, ids[:1], max_new_tokens=40, eos_token_id=eos, pad_token_id=0)
+    assert int(single[0, -1]) in eos and single.shape[1] < 24 + 40
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["model", "fast"])
+def test_left_padded_batch_equals_one_at_a_time(fast):
+    ours, reference = make_pair()
+    decoder = FastDoge(ours) if fast else ours
+    lengths = [24, 17, 9]
+    rows = [prompt(length=n, seed=10 + i) for i, n in enumerate(lengths)]
+    ids = torch.zeros(3, 24, dtype=torch.long)
+    mask = torch.zeros(3, 24, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, 24 - row.shape[1]:] = row
+        mask[i, 24 - row.shape[1]:] = 1
+    batched = generate(decoder, ids, mask, max_new_tokens=50)
+    for i, row in enumerate(rows):
+        alone = generate(decoder, row, max_new_tokens=50)
+        assert torch.equal(batched[i, 24:], alone[0, row.shape[1]:]), f"row {i}"
+    expected = reference_generate(reference, ids, attention_mask=mask, max_new_tokens=50, do_sample=False)
+    assert torch.equal(batched, expected)
+
+
+def test_right_padding_is_refused():
+    ours, _ = make_pair()
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, -2:] = 0
+    with pytest.raises(ValueError, match="LEFT padding"):
+        generate(ours, prompt(batch=2, length=6), mask, max_new_tokens=3)
+
+
+# -- fast decoder ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides", [DENSE, MOE, LONG, dict(attention_bias=True, mlp_bias=True)],
+                         ids=["dense", "moe", "past-keep-window", "biases"])
+@torch.no_grad()
+def test_fast_decoder_logits_equal_model_at_every_step(overrides):
+    ours, _ = make_pair(**overrides)
+    ids = prompt()
+    plain, fast = ModelStepper(ours, 1, 64, "static"), FastDoge(ours).make_stepper(1, 64)
+    positions = torch.arange(24)[None]
+    a, b = plain.prefill(ids, None, positions), fast.prefill(ids, None, positions)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    for step in range(30):
+        token, position = a.argmax(-1), torch.tensor([24 + step])
+        a, b = plain.step(token, None, position), fast.step(token, None, position)
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_fast_decoder_bfloat16_is_the_same_model():
+    ours, _ = make_pair()
+    ids = prompt()
+    reference_logits = ours(ids).logits[:, -1]
+    fast = FastDoge(ours, dtype=torch.bfloat16)
+    assert fast.weight_bytes() < sum(p.numel() * 4 for p in ours.parameters()) * 0.6
+    logits = fast.make_stepper(1, 30).prefill(ids, None, torch.arange(24)[None])
+    assert torch.corrcoef(torch.stack([logits[0], reference_logits[0]]))[0, 1] > 0.99
+    out = fast.generate(ids, max_new_tokens=10)
+    assert out.shape == (1, 34)
+
+
+def test_fast_decoder_refuses_classic_attention():
+    torch.manual_seed(0)
+    model = DogeForCausalLM(tiny_config(attention_variant="classic")).eval()
+    with pytest.raises(NotImplementedError, match="native"):
+        FastDoge(model)
+
+
+# -- streamers ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tokenizer():
+    from doge_from_scratch.tokenizer import load_tokenizer
+
+    return load_tokenizer()
+
+
+def test_text_streamer_prints_the_generated_text(tokenizer, capsys):
+    torch.manual_seed(0)
+    model = randomize_(DogeForCausalLM(tiny_config(vocab_size=len(tokenizer))).eval(), seed=1)
+    ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
+    pieces = []
+    out = generate(model, ids, max_new_tokens=30,
+                   streamer=TextStreamer(tokenizer, skip_prompt=True, on_text=lambda t, final: pieces.append(t)))
+    assert "".join(pieces) == tokenizer.decode(out[0, ids.shape[1]:])
+    assert len(pieces) > 1  # it streamed, not one piece at the end
+    # transformers' own TextStreamer works with our generate, and ours prints the same text
+    generate(model, ids, max_new_tokens=30, streamer=transformers.TextStreamer(tokenizer, skip_prompt=True))
+    theirs = capsys.readouterr().out
+    generate(model, ids, max_new_tokens=30, streamer=TextStreamer(tokenizer, skip_prompt=True))
+    assert capsys.readouterr().out == theirs
+
+
+def test_iterator_and_callback_streamers(tokenizer):
+    import threading
+
+    torch.manual_seed(0)
+    model = randomize_(DogeForCausalLM(tiny_config(vocab_size=len(tokenizer))).eval(), seed=1)
+    ids = tokenizer("The cat", return_tensors="pt").input_ids
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=60)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(out=generate(model, ids, max_new_tokens=20,
+                                                                         streamer=streamer)))
+    thread.start()
+    text = "".join(streamer)
+    thread.join()
+    assert text == tokenizer.decode(result["out"][0, ids.shape[1]:])
+    seen = []
+    out = generate(model, ids, max_new_tokens=20, streamer=CallbackStreamer(lambda t: seen.append(int(t[0]))))
+    assert seen == out[0, ids.shape[1]:].tolist()
+
+
+def test_generation_config_defaults_follow_transformers():
+    config = GenerationConfig()
+    reference = transformers.GenerationConfig()._get_default_generation_params()
+    assert (config.top_k, config.top_p, config.temperature, config.repetition_penalty) == (
+        reference["top_k"], reference["top_p"], reference["temperature"], reference["repetition_penalty"])
