@@ -200,6 +200,9 @@ def attend_topk_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias:
     rows = rows or max(1, min(t, CHUNK_ELEMENTS // max(1, b * n_h * s)))
     key_pos = torch.arange(s, device=q.device)
 
+    # repeated once for all blocks rather than inside each one (the same numbers, far fewer copies)
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+
     def block(q_rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
               rows_allowed: torch.Tensor) -> torch.Tensor:
         mask = repeat_kv(dynamic_mask(bias, rows_allowed, keep_window_size, q.dtype), groups)
