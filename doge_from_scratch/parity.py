@@ -93,10 +93,11 @@ def transformers_native(folder: Path, dtype: torch.dtype, device: torch.device) 
                      f"transformers {transformers.__version__} DogeForCausalLM (eager attention), same files")
 
 
-def remote_code(folder: Path, dtype: torch.dtype, device: torch.device) -> Reference:
+def remote_code(source: str, dtype: torch.dtype, device: torch.device) -> Reference:
+    """``source``: the Hub id (its code files are fetched or read from the cache) or the local folder."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=True)
     return Reference(model.to(device).eval(), "the checkpoint's own remote code (trust_remote_code=True)")
 
 
@@ -191,9 +192,13 @@ def transformers_classic(folder: Path, dtype: torch.dtype, device: torch.device)
                      "formula: q_norm/k_norm -> identity, KV heads expanded to one per query head")
 
 
-def load_reference(folder: Path, dtype: torch.dtype, device: torch.device,
-                   trust_remote_code: bool = False) -> tuple[Reference, list[str]]:
-    """The best reference that runs this folder, plus notes on what was tried before it."""
+def load_reference(folder: Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False,
+                   source: str | None = None) -> tuple[Reference, list[str]]:
+    """The best reference that runs this folder, plus notes on what was tried before it.
+
+    ``source``: the Hub id the folder was resolved from, if any (remote code lives there, not in the
+    weights-only snapshot).
+    """
     generation = checkpoint_generation(folder)
     notes: list[str] = []
     if generation == "C":
@@ -204,7 +209,7 @@ def load_reference(folder: Path, dtype: torch.dtype, device: torch.device,
     has_remote = "auto_map" in json.loads((folder / "config.json").read_text())
     if has_remote and trust_remote_code:
         try:
-            return remote_code(folder, dtype, device), notes
+            return remote_code(source or str(folder), dtype, device), notes
         except Exception as err:
             notes.append(f"its own remote code did not run: {_one_line(err)}")
     elif has_remote:
@@ -379,7 +384,9 @@ def run_parity(model: str, *, against: str | None = None, device: str = "auto",
         dtype = DTYPES[name]
         ours = DogeForCausalLM.from_pretrained(folder, dtype=dtype, device=dev)
         ours.set_attention_backend(backend)
-        reference, notes = load_reference(ref_folder, dtype, dev, trust_remote_code)
+        ref_source = against or model
+        reference, notes = load_reference(ref_folder, dtype, dev, trust_remote_code,
+                                          source=None if Path(ref_source).is_dir() else ref_source)
         if report is None:
             report = ParityReport(model=str(model), folder=str(folder), generation=generation,
                                   variant=ours.config.attention_variant, device=str(dev),
