@@ -238,12 +238,13 @@ class FastDoge:
             if real_new is not None:
                 bias = bias.masked_fill(~real_new, self.neg)
             state.bias[i][:, :, start:end] = bias
-            keys, values = state.keys[i][:, :, :end], state.values[i][:, :, :end]
+            dt = x.dtype
+            keys, values = state.keys[i][:, :, :end].to(dt), state.values[i][:, :, :end].to(dt)
             if end <= self.keep_window_size:
-                out = attend_fused(q, keys, values, state.bias_for_attention(i, end), allowed if padded else None,
+                out = attend_fused(q, keys, values, state.bias[i][:, :, :end].to(dt), allowed if padded else None,
                                    self.scaling)
             else:
-                mask = dynamic_mask(state.bias_for_attention(i, end), allowed, self.keep_window_size, x.dtype)
+                mask = dynamic_mask(state.bias[i][:, :, :end].to(dt), allowed, self.keep_window_size, x.dtype)
                 out = attend_materialised(q, keys, values, repeat_kv(mask, self.groups), self.scaling)
             x = layer.input_residual * x + F.linear(out.transpose(1, 2).reshape(b, t, nh * d), layer.o, layer.o_bias)
             x = layer.post_residual * x + self.mlp(layer, self.rms(x, layer.post_norm))
@@ -278,13 +279,14 @@ class FastDoge:
         qkv = F.linear(self.rms(x, input_norm), qkv_w, qkv_b)
         qk = self.rope(self.rms(qkv[:, :nqk].view(b, nh + nkv, d), qk_norm), cos, sin)
         v = qkv[:, nqk:]
-        keys.index_copy_(2, slot, qk[:, nh:, None])
-        values.index_copy_(2, slot, v.view(b, nkv, 1, d))
-        bias.index_copy_(2, slot, torch.exp(A * F.softplus(F.linear(v, dt_w, dt_b)))[:, :, None])
-        # the g query heads of a KV group ride in the query-length axis: [B, n_kv, g, d] (no repeat_kv)
-        scores = torch.matmul(qk[:, :nh].view(b, nkv, g, d), keys.transpose(2, 3)) * self.scaling
-        probs = torch.softmax(scores + bias[:, :, None, :], dim=-1, dtype=torch.float32).to(x.dtype)
-        out = torch.matmul(probs, values)
+        keys.index_copy_(2, slot, qk[:, nh:, None].float())
+        values.index_copy_(2, slot, v.view(b, nkv, 1, d).float())
+        bias.index_copy_(2, slot, torch.exp(A * F.softplus(F.linear(v, dt_w, dt_b)))[:, :, None].float())
+        # the g query heads of a KV group ride in the query-length axis: [B, n_kv, g, d] (no repeat_kv);
+        # float32 throughout, as fused attention kernels accumulate (small bfloat16 bmm is slow on CPUs)
+        scores = torch.matmul(qk[:, :nh].view(b, nkv, g, d).float(), keys.transpose(2, 3)) * self.scaling
+        probs = torch.softmax(scores + bias[:, :, None, :], dim=-1)
+        out = torch.matmul(probs, values).to(x.dtype)
         x = input_residual * x + F.linear(out.reshape(b, nh * d), o_w, o_b)
         h = self.rms(x, post_norm)
         gate, up = F.linear(h, gate_up_w, gate_up_b).split(self.intermediate, dim=-1)
@@ -310,7 +312,9 @@ class FastStepper:
 
     def __init__(self, fast: FastDoge, batch_size: int, max_length: int) -> None:
         shape = (batch_size, fast.num_kv_heads, max_length, fast.head_dim)
-        dtype, device = fast.dtype, fast.device
+        # float32 storage whatever the weights: bfloat16 keys/values/bias are exact in it, and the
+        # decode attention then runs in float32 (see FastDoge._decode_layer)
+        dtype, device = torch.float32, fast.device
         self.fast = fast
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in fast.layers]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in fast.layers]
@@ -319,9 +323,6 @@ class FastStepper:
         self.length = 0
         self.max_length = max_length
         self.padded = False
-
-    def bias_for_attention(self, layer_idx: int, end: int) -> torch.Tensor:
-        return self.bias[layer_idx][:, :, :end]
 
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values + self.bias)
