@@ -340,6 +340,9 @@ class DtypeResult:
     greedy_agree: int  # length of the common prefix of the two greedy continuations (per batch row: minimum)
     greedy_tokens: int
     ok: bool
+    # for a low-precision dtype, how far each model moved from its own float32 logits (None: not measured)
+    ours_vs_float32: float | None = None
+    reference_vs_float32: float | None = None
 
 
 @dataclass
@@ -380,7 +383,8 @@ def run_parity(model: str, *, against: str | None = None, device: str = "auto",
     dev = pick_device(device)
     generation = checkpoint_generation(folder)
     report = None
-    for name in dtypes:
+    float32_logits = None
+    for name in sorted(dtypes, key=lambda d: d != "float32"):  # float32 first: the others are measured against it
         dtype = DTYPES[name]
         ours = DogeForCausalLM.from_pretrained(folder, dtype=dtype, device=dev)
         ours.set_attention_backend(backend)
@@ -400,7 +404,13 @@ def run_parity(model: str, *, against: str | None = None, device: str = "auto",
         ours_greedy, ref_greedy = greedy(ours, ids, new_tokens), greedy(reference.model, ids, new_tokens)
         agree = _common_prefix(ours_greedy, ref_greedy)
         ok = diff <= rtol * max(scale, 1.0) and agree == new_tokens if name == "float32" else True
-        report.results.append(DtypeResult(name, diff, scale, argmax_agree, ids.numel(), agree, new_tokens, ok))
+        result = DtypeResult(name, diff, scale, argmax_agree, ids.numel(), agree, new_tokens, ok)
+        if name == "float32":
+            float32_logits = (ours_logits, ref_logits)
+        elif float32_logits is not None:
+            result.ours_vs_float32 = float((ours_logits - float32_logits[0]).abs().max())
+            result.reference_vs_float32 = float((ref_logits - float32_logits[1]).abs().max())
+        report.results.append(result)
         if name == "float32" and not ok:
             divergence = debug.compare_recordings(
                 debug.record_outputs(ours, lambda m: m(input_ids=ids, use_cache=False)),
@@ -429,6 +439,10 @@ def format_report(report: ParityReport) -> str:
         verdict = ("ok" if r.ok else "MISMATCH") if r.dtype == "float32" else "(reported)"
         lines.append(f"  {r.dtype:<9} {r.max_abs_diff:>12.3g} {r.max_abs_logit:>11.3g} "
                      f"{r.argmax_agree:>6}/{r.positions:<6} {r.greedy_agree:>6}/{r.greedy_tokens:<6}  {verdict}")
+    for r in report.results:
+        if r.ours_vs_float32 is not None:
+            lines.append(f"  {r.dtype} vs each model's own float32 logits: ours {r.ours_vs_float32:.3g}, "
+                         f"reference {r.reference_vs_float32:.3g} (max abs)")
     if report.divergence:
         lines += ["", f"  {report.divergence}", "", "  per layer (float32):",
                   f"    {'output of':<28} {'max|diff|':>10} {'relative':>9}"]
