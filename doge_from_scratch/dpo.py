@@ -225,15 +225,15 @@ def preference_metrics(model, ref_model, tokenizer, records: Sequence[Mapping[st
     return {k: v / len(examples) for k, v in sums.items()}
 
 
-def ensure_dpo(folder: str | Path = "artifacts/dpo", sft_folder: str | Path = "artifacts/sft",
+def ensure_dpo(folder: str | Path | None = None, sft_folder: str | Path | None = None,
                settings: DPOSettings | None = None, progress: bool = True) -> Path:
     """The DPO model of lesson 08, trained from the SFT model (``ensure_sft``) unless ``folder`` has one."""
     from .data import load_lesson_dataset
     from .model import DogeForCausalLM
-    from .sft import ensure_sft, save_stage
+    from .sft import ARTIFACTS, ensure_sft, save_stage
     from .tokenizer import load_tokenizer
 
-    folder = Path(folder)
+    folder = Path(folder) if folder is not None else ARTIFACTS / "dpo"
     if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
         return folder
     if world_size() > 1:

@@ -27,6 +27,7 @@ from .train_utils import (StageLoss, StepLog, make_optimizer, make_scheduler, st
                           world_size)
 
 IGNORE = -100
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -182,6 +183,7 @@ class SFTSettings:
 
     lr: float = 3e-3
     epochs: int = 2
+    max_examples: int | None = None  # use only the first N records (lesson runs stay within minutes on a CPU)
     max_length: int = 256
     rows_per_micro_batch: int = 4
     accumulation: int = 2
@@ -212,6 +214,7 @@ def train_sft(model, tokenizer, records: Sequence[Mapping[str, Any]], settings: 
     """Fine-tune ``model`` in place on chat ``records``; returns the per-step log."""
     settings = settings or SFTSettings()
     torch.manual_seed(settings.seed)
+    records = list(records)[:settings.max_examples] if settings.max_examples else list(records)
     examples = sft_examples(tokenizer, records, settings.max_length)
     steps = sft_step_batches(examples, tokenizer, settings)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay, settings.betas)
@@ -235,7 +238,7 @@ def save_stage(model, tokenizer, folder: str | Path, history: Sequence[StepLog],
     return folder
 
 
-def ensure_sft(folder: str | Path = "artifacts/sft", pretrained: str | Path = "artifacts/pretrained",
+def ensure_sft(folder: str | Path | None = None, pretrained: str | Path | None = None,
                settings: SFTSettings | None = None, progress: bool = True) -> Path:
     """The SFT model of lesson 07: trained from the pretrained model on the chat train split unless ``folder``
     already holds one (so lessons 08 and 09 run on their own)."""
@@ -244,12 +247,12 @@ def ensure_sft(folder: str | Path = "artifacts/sft", pretrained: str | Path = "a
     from .pretrain import ensure_pretrained
     from .tokenizer import load_tokenizer
 
-    folder = Path(folder)
+    folder = Path(folder) if folder is not None else ARTIFACTS / "sft"
     if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
         return folder
     if world_size() > 1:
         raise RuntimeError("ensure_sft trains in one process; run it before starting a distributed job")
-    base = Path(ensure_pretrained(pretrained))
+    base = Path(ensure_pretrained(pretrained, progress=progress))
     model = DogeForCausalLM.from_pretrained(base)
     tokenizer = load_tokenizer(base)
     settings = settings or SFTSettings()
