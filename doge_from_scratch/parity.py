@@ -469,8 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_transformers() -> None:
+    """Loading reports and progress bars would bury the report; errors still show."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_transformers()
     dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown:
