@@ -84,8 +84,8 @@ class PretrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     bf16: bool = False
-    eval_every: int = 20
-    checkpoint_every: int = 50
+    eval_every: int = 40
+    checkpoint_every: int = 40
     keep_checkpoints: int = 2
     num_threads: int = 2
     max_train_docs: int | None = None
@@ -441,8 +441,14 @@ def save_pretrained_model(result: PretrainResult, tokenizer, folder: str | Path,
                    "seconds": result.seconds, "pretrain_config": cfg.to_json()}
         (tmp / "pretrain_summary.json").write_text(json.dumps(summary, indent=1))
         if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            # Another process (a notebook running ensure_pretrained) filled the folder between our rmtree and
+            # the rename; theirs is complete, so replace it the same two-step way once more.
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -452,13 +458,33 @@ def save_pretrained_model(result: PretrainResult, tokenizer, folder: str | Path,
 def ensure_pretrained(path: str | Path | None = None, progress: bool = True) -> Path:
     """The pretrained tiny Doge folder; trains it with the lesson-06 recipe first if it is missing."""
     folder = Path(path) if path is not None else DEFAULT_PRETRAINED_DIR
-    needed = ("config.json", "model.safetensors", "tokenizer.json", "pretrain_summary.json")
-    if all((folder / name).is_file() for name in needed):
+
+    def complete() -> bool:
+        needed = ("config.json", "model.safetensors", "tokenizer.json", "pretrain_summary.json")
+        return all((folder / name).is_file() for name in needed)
+
+    if complete():
         return folder
-    cfg = PretrainConfig()
-    tokenizer = load_tokenizer(DEFAULT_TOKENIZER_DIR)
-    result = pretrain(cfg, tokenizer, progress=progress)
-    return save_pretrained_model(result, tokenizer, folder, cfg)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Several notebooks may ask at once (e.g. 07-09 under one pytest run): the first trains, the others wait
+    # on the lock and then find the folder.
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        _lock_exclusive(lock)
+        if complete():
+            return folder
+        cfg = PretrainConfig()
+        tokenizer = load_tokenizer(DEFAULT_TOKENIZER_DIR)
+        result = pretrain(cfg, tokenizer, progress=progress)
+        return save_pretrained_model(result, tokenizer, folder, cfg)
+
+
+def _lock_exclusive(handle) -> None:
+    """Block until this process holds an exclusive lock on the open file (released when it is closed)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, at worst two processes train the same model
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
 
 
 # ----------------------------------------------------------------------------------------------------------

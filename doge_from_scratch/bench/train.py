@@ -1,0 +1,117 @@
+"""Training throughput: our DogeForCausalLM against transformers' on the same config, batch and dtype.
+
+    python -m doge_from_scratch.bench train [--config tiny|doge-20m] [--batch 8] [--seq 256] [--dtype float32]
+
+One training step = forward + loss + backward + AdamW step, the unit a pretraining run repeats. Both models
+hold the same weights and see the same batch; steps of the two are interleaved (ours, theirs, ours, ...) so a
+shared, noisy machine slows both alike, and the median step time of each is reported. The last line printed
+is JSON for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..model import DogeForCausalLM
+from ..pretrain import tiny_doge_config
+from ..testing import copy_into_reference, reference_model
+
+CONFIGS: dict[str, Callable[[], object]] = {
+    # The model lesson 06 pretrains (vocabulary of the project's tokenizer, ~1.5k).
+    "tiny": lambda: tiny_doge_config(1497),
+    # Doge-20M's published shape (vocab 32768, 8 layers of 256).
+    "doge-20m": lambda: tiny_doge_config(32768, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
+                                         num_attention_heads=2, num_key_value_heads=1),
+}
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+def make_step(model: torch.nn.Module, batch: torch.Tensor, autocast_dtype: torch.dtype | None) -> Callable[[], float]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
+
+    def step() -> float:
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - started
+
+    return step
+
+
+def measure(config_name: str, batch_size: int, seq_len: int, dtype: str, steps: int, warmup: int,
+            attn_implementations: Sequence[str] = ("sdpa", "eager"), seed: int = 0) -> list[dict]:
+    config = CONFIGS[config_name]()
+    torch.manual_seed(seed)
+    ours = DogeForCausalLM(config).train()
+    contenders = {"doge_from_scratch": ours}
+    for impl in attn_implementations:
+        reference = reference_model(config, attn_implementation=impl).train()
+        copy_into_reference(ours, reference)
+        contenders[f"transformers ({impl})"] = reference
+    batch = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(seed))
+    steppers = {name: make_step(model, batch, DTYPES[dtype]) for name, model in contenders.items()}
+    times: dict[str, list[float]] = {name: [] for name in steppers}
+    for i in range(warmup + steps):
+        for name, step in steppers.items():  # interleaved: machine load hits every contender alike
+            elapsed = step()
+            if i >= warmup:
+                times[name].append(elapsed)
+    tokens = batch_size * seq_len
+    ours_median = statistics.median(times["doge_from_scratch"])
+    return [
+        {"config": config_name, "model": name, "dtype": dtype, "batch": batch_size, "seq": seq_len,
+         "median_step_s": statistics.median(t), "tokens_per_s": tokens / statistics.median(t),
+         "speedup_of_ours": statistics.median(t) / ours_median}
+        for name, t in times.items()
+    ]
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'config':9s} {'model':26s} {'dtype':9s} {'batch x seq':>11s} {'step ms':>9s} {'tokens/s':>10s} {'ours is':>8s}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['config']:9s} {r['model']:26s} {r['dtype']:9s} {str(r['batch']) + ' x ' + str(r['seq']):>11s} "
+              f"{1000 * r['median_step_s']:9.1f} {r['tokens_per_s']:10.0f} {r['speedup_of_ours']:7.2f}x")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m doge_from_scratch.bench train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), action="append",
+                        help="model config(s) to measure (default: tiny and doge-20m)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), action="append", help="default: float32")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for config_name in args.config or ["tiny", "doge-20m"]:
+        for dtype in args.dtype or ["float32"]:
+            rows += measure(config_name, args.batch, args.seq, dtype, args.steps, args.warmup)
+    print_table(rows)
+    # Headline: our speed over the faster transformers attention implementation, per config and dtype.
+    ratios = {}
+    for r in rows:
+        if r["model"].startswith("transformers"):
+            key = f"{r['config']}/{r['dtype']}"
+            ratios[key] = min(ratios.get(key, float("inf")), r["speedup_of_ours"])
+    summary = {"benchmark": "train", "threads": args.threads, "speedup_vs_best_transformers": ratios,
+               "min_speedup": min(ratios.values()), "target": 1.2, "rows": rows}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Generator for notebooks/06_pretraining.ipynb (run: python notebooks/_src/nb06_pretraining.py)."""
+
+from nbbuild import code, md, write_notebook
+
+cells = [
+md("""
+# Lesson 06 - Pretraining a tiny Doge on a CPU
+
+The Doge models start as next-token predictors trained on a large text corpus; everything later (SFT, DPO,
+reasoning distillation) fine-tunes that pretrained network. This lesson writes the pretraining loop from
+scratch and runs it, scaled down so that it finishes in a minute or two on two CPU cores.
+
+The small-doge recipe, and what we keep of it:
+
+| | small-doge (Doge-20M) | this lesson |
+|---|---|---|
+| optimizer | AdamW, betas (0.9, 0.95), eps 1e-8, weight decay 0.01 | same |
+| schedule | warmup-stable-decay, peak LR 8e-3 | same shape, peak 4e-3 |
+| gradient clipping | 1.0 | 1.0 |
+| precision | bfloat16 | float32 (bfloat16 autocast is a switch) |
+| context | 2048 tokens | 256 tokens |
+| model | 256 hidden, 8 layers, 32768 vocab | 192 hidden, 4 layers, ~1.5k vocab |
+
+**What you will learn**
+
+1. Packing documents into fixed-length training rows.
+2. The warmup-stable-decay (WSD) learning-rate schedule, plotted.
+3. One optimizer step by hand: gradient accumulation, clipping, AdamW with selective weight decay.
+4. A full run with a progress bar, validation loss, loss curves, and text samples before and after.
+5. Checkpoints that resume *exactly* (safetensors + JSON, no pickle), and the Hugging Face-format model that
+   lessons 07-09 start from.
+"""),
+code("""
+import json
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+from transformers.optimization import get_wsd_schedule
+
+from doge_from_scratch import DogeForCausalLM
+from doge_from_scratch import data as D
+from doge_from_scratch import pretrain as P
+from doge_from_scratch.tokenizer import load_tokenizer
+
+torch.manual_seed(0)
+torch.set_num_threads(2)
+%matplotlib inline
+
+tok = load_tokenizer()
+cfg = P.PretrainConfig()  # the lessons' recipe; ensure_pretrained() runs exactly this
+print(cfg)
+"""),
+md("""
+## 1. Packing documents into rows
+
+The corpus (`data/pretrain/`, see lesson 00) is a list of short documents: stories, sentences about sums,
+decimals, lists and capitals, and a share of chat transcripts in Doge's format. Padding each document to a
+fixed length would waste most of the compute, so we **pack**: wrap every document as
+`<|begin_of_text|> text <|end_of_text|>`, concatenate them all, and cut the stream into rows of `seq_len`
+tokens. Every position is a real token; the model learns that a new document starts after an
+`<|end_of_text|>`. Chat transcripts already start and end with those tokens and are not wrapped twice.
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+docs = [row["text"] for row in D.load_lesson_dataset("pretrain", "train")]
+val_docs = [row["text"] for row in D.load_lesson_dataset("pretrain", "test")]
+
+
+def pack_by_hand(texts, seq_len):
+    stream = []
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if ids[:1] != [tok.bos_token_id]:
+            ids = [tok.bos_token_id] + ids
+        if ids[-1:] != [tok.eos_token_id]:
+            ids = ids + [tok.eos_token_id]
+        stream += ids
+    n = len(stream) // seq_len
+    return torch.tensor(stream[: n * seq_len]).view(n, seq_len)
+
+
+rows_by_hand = pack_by_hand(docs[:40], 64)
+assert torch.equal(rows_by_hand, P.pack_documents(docs[:40], tok, 64))
+train_rows = P.pack_documents(docs, tok, cfg.seq_len)
+val_rows = P.pack_documents(val_docs, tok, cfg.seq_len)
+print(f"train: {len(docs)} documents -> {tuple(train_rows.shape)} rows = {train_rows.numel():,} tokens")
+print(f"val:   {len(val_docs)} documents -> {tuple(val_rows.shape)} rows = {val_rows.numel():,} tokens")
+print(f"one step = {cfg.micro_batch_size} rows x {cfg.grad_accum_steps} micro-batches x {cfg.seq_len} = "
+      f"{cfg.tokens_per_step:,} tokens; {cfg.max_steps} steps = {cfg.max_steps * cfg.tokens_per_step / train_rows.numel():.2f} epochs")
+print(repr(tok.decode(train_rows[0, :60])))
+"""),
+md("""
+## 2. The model
+
+A Doge-20M-shaped network shrunk for a CPU: 4 decoder layers of Dynamic Mask Attention (3 query heads sharing
+one key/value head) and a gated MLP, tied input/output embeddings, vocabulary rounded up to a multiple of 64.
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+model_config = P.tiny_doge_config(len(tok))
+print({k: getattr(model_config, k) for k in ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                            "num_attention_heads", "num_key_value_heads", "tie_word_embeddings"]})
+torch.manual_seed(cfg.seed)
+fresh = DogeForCausalLM(model_config)
+n_params = sum(p.numel() for p in fresh.parameters())
+print(f"{n_params:,} parameters ({model_config.vocab_size * model_config.hidden_size:,} of them the tied embedding)")
+print(f"a uniform guess over {model_config.vocab_size} tokens has loss ln(V) = {math.log(model_config.vocab_size):.2f}")
+"""),
+md("""
+## 3. The warmup-stable-decay schedule
+
+WSD has three phases: a short linear **warmup** from 0 to the peak learning rate (AdamW's moment estimates
+are poor in the first steps, so big steps then are risky), a long **stable** phase at the peak, and a short
+**decay** to (near) zero at the end, where the loss drops noticeably. Unlike a cosine schedule it does not
+need to know the run length in advance for most of the run: one can keep training from any stable-phase
+checkpoint and only redo the decay. We use 10% warmup and 20% cosine decay.
+"""),
+code("""
+def wsd(step, warmup, stable, decay, min_ratio=0.0):
+    if step < warmup:
+        return min_ratio + (1 - min_ratio) * step / warmup
+    if step < warmup + stable:
+        return 1.0
+    if step < warmup + stable + decay:
+        progress = (step - warmup - stable) / decay
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return min_ratio
+
+
+warmup, stable, decay = cfg.phase_steps()
+steps = list(range(cfg.max_steps))
+lrs = [cfg.peak_lr * wsd(s, warmup, stable, decay) for s in steps]
+fig, ax = plt.subplots(figsize=(7, 2.8))
+ax.plot(steps, lrs)
+for x in (warmup, warmup + stable):
+    ax.axvline(x, color="gray", ls=":")
+ax.set(xlabel="optimizer step", ylabel="learning rate", title=f"WSD: {warmup} warmup, {stable} stable, {decay} decay steps")
+plt.show()
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+reference = get_wsd_schedule(sgd, num_warmup_steps=warmup, num_decay_steps=decay, num_training_steps=cfg.max_steps)
+assert all(abs(wsd(s, warmup, stable, decay) - reference.lr_lambdas[0](s)) < 1e-12 for s in steps)
+assert all(wsd(s, warmup, stable, decay) == P.wsd_lr_factor(s, warmup, stable, decay) for s in steps)
+print("hand-written WSD == transformers.get_wsd_schedule == doge_from_scratch.pretrain.wsd_lr_factor")
+"""),
+md("""
+## 4. One optimizer step, by hand
+
+An optimizer step sees `micro_batch_size x grad_accum_steps` rows. We run the micro-batches one after another
+and let the gradients add up, dividing each loss by the number of micro-batches (every row has the same number
+of tokens, so this is exactly the mean loss of the whole step). Then:
+
+- **clip** the global gradient norm to 1.0 (one bad batch cannot throw the weights far),
+- **AdamW** step - weight decay only on matrices and embeddings; RMSNorm weights, residual scales and the DMA
+  `A` vectors are left alone (decaying a residual scale towards 0 would shrink the signal, not regularise it),
+- advance the schedule.
+
+Which rows form each micro-batch is a pure function of (seed, micro-batch index) - a fresh seeded shuffle per
+epoch - so there is no data-loader state to save in a checkpoint.
+"""),
+code("""
+torch.manual_seed(cfg.seed)
+hand_model = DogeForCausalLM(model_config).train()
+matrices = [p for p in hand_model.parameters() if p.dim() >= 2]
+vectors = [p for p in hand_model.parameters() if p.dim() < 2]
+optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": cfg.weight_decay},
+                               {"params": vectors, "weight_decay": 0.0}],
+                              lr=cfg.peak_lr, betas=cfg.betas, eps=cfg.eps)
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: wsd(s, warmup, stable, decay))
+order = P.RowSchedule(len(train_rows), cfg.micro_batch_size, cfg.seed)
+
+hand_losses = []
+for step in range(3):
+    step_loss = 0.0
+    for micro in range(cfg.grad_accum_steps):
+        batch = train_rows[order.rows(step * cfg.grad_accum_steps + micro)]
+        logits = hand_model(input_ids=batch).logits
+        # next-token loss: position t predicts token t+1
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        (loss / cfg.grad_accum_steps).backward()
+        step_loss += loss.item() / cfg.grad_accum_steps
+    grad_norm = torch.nn.utils.clip_grad_norm_(hand_model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    hand_losses.append(step_loss)
+    print(f"step {step + 1}: loss {step_loss:.4f}  grad norm {grad_norm:.3f}  next lr {scheduler.get_last_lr()[0]:.2e}")
+"""),
+md("""
+## 5. Before training
+
+What does the untrained model write? Greedy decoding with a key/value cache (`P.generate`) from a story
+opening and from a chat prompt:
+"""),
+code("""
+print(P.sample_text(fresh, tok, "Once upon a time,", max_new_tokens=30))
+print(P.chat_reply(fresh, tok, [{"role": "user", "content": "What is 23 + 45?"}], max_new_tokens=20))
+print(f"validation loss before training: {P.evaluate(fresh, val_rows):.3f}")
+"""),
+md("""
+## 6. The full run
+
+`P.pretrain` is the loop of section 4 plus evaluation every `eval_every` steps, a progress bar, optional
+bfloat16 autocast, and a checkpoint every `checkpoint_every` steps. This is the exact recipe that
+`ensure_pretrained()` runs, so lessons 07-09 get the same model whether or not this notebook ran first.
+"""),
+code("""
+checkpoint_dir = P.PROJECT_ROOT / "artifacts" / "pretrain_checkpoints"
+started = time.perf_counter()
+result = P.pretrain(cfg, tok, checkpoint_dir=checkpoint_dir)
+print(f"{time.perf_counter() - started:.0f} s, {result.tokens_per_second:,.0f} training tokens/s")
+print(f"validation loss {result.val_history[0]['val_loss']:.3f} -> {result.final_val_loss:.3f}")
+folder = P.save_pretrained_model(result, tok, P.DEFAULT_PRETRAINED_DIR, cfg)
+print("saved to", folder.relative_to(P.PROJECT_ROOT), sorted(p.name for p in folder.iterdir()))
+"""),
+code("""
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+hist_steps = [h["step"] for h in result.history]
+ax1.plot(hist_steps, [h["loss"] for h in result.history], label="train (per step)")
+ax1.plot([v["step"] for v in result.val_history], [v["val_loss"] for v in result.val_history], "o-", label="validation")
+ax1.set(xlabel="optimizer step", ylabel="loss", yscale="log", title="next-token loss")
+ax1.legend()
+ax2.plot(hist_steps, [h["lr"] for h in result.history])
+ax2.set(xlabel="optimizer step", ylabel="learning rate", title="schedule as run")
+plt.tight_layout()
+plt.show()
+"""),
+md("""
+The loss falls fast: most of the corpus is templated, so once the model has learnt the templates only the
+genuinely unpredictable parts (which numbers, which names) remain. Note the extra drop during the decay
+phase - typical of WSD.
+
+## 7. After training
+"""),
+code("""
+model = result.model.eval()
+for prompt in ["Once upon a time,", "The capital of France is", "To compare 4.7 and 4.25,"]:
+    print(P.sample_text(model, tok, prompt, max_new_tokens=40), "\\n")
+for question in ["Hi, how are you doing today?", "What is 23 + 45?", "Which number is bigger, 3.9 or 3.11?"]:
+    print(question, "->", P.chat_reply(model, tok, [{"role": "user", "content": question}], max_new_tokens=30))
+"""),
+md("""
+The samples look like the corpus. How often does the base model already answer chat questions correctly?
+Only a small share of the corpus is chat-formatted task questions, so this is the baseline that SFT
+(lesson 07) improves on. Greedy replies to the first test questions of each task, checked by the tasks' own
+checkers:
+"""),
+code("""
+chat_test = D.load_lesson_dataset("chat", "test")
+correct, total = {}, {}
+for row in chat_test.select(range(80)):
+    prompt, _ = D.prompt_and_reference(row)
+    reply = P.chat_reply(model, tok, prompt, max_new_tokens=24)
+    total[row["task"]] = total.get(row["task"], 0) + 1
+    correct[row["task"]] = correct.get(row["task"], 0) + D.check_answer(row, reply)
+for task in sorted(total):
+    print(f"{task:17s} {correct[task]:3d} / {total[task]:3d}")
+print(f"overall accuracy of the pretrained model: {sum(correct.values()) / sum(total.values()):.2f}")
+"""),
+md("""
+## 8. Checkpoints and exact resumption
+
+A checkpoint must let a run continue as if it had never stopped. That needs more than the weights: the AdamW
+moments (`exp_avg`, `exp_avg_sq`, step counts), the scheduler's position, the RNG state and the history. We
+store tensors in safetensors and everything else in JSON - no pickle, so loading a checkpoint cannot run code.
+Each checkpoint is written to a temporary folder and renamed into place, and `latest.json` is replaced
+atomically afterwards: a crash mid-save leaves the previous checkpoint intact.
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+latest = P.latest_checkpoint(checkpoint_dir)
+print(json.loads((checkpoint_dir / "latest.json").read_text()))
+print(sorted(p.name for p in latest.iterdir()))
+trainer_state = json.loads((latest / "trainer_state.json").read_text())
+print(sorted(trainer_state))
+"""),
+md("""
+The proof is a resumed run: train a small model for 8 steps in one go, and again stopping after 4 steps and
+resuming from the checkpoint. The loss curves must be identical, number for number
+(`tests/test_pretrain.py` checks the same).
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+import tempfile
+from pathlib import Path
+
+small = P.PretrainConfig(seq_len=64, micro_batch_size=4, grad_accum_steps=2, max_steps=8, eval_every=4,
+                         checkpoint_every=4, max_train_docs=200, max_val_docs=20,
+                         model_overrides=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                              num_attention_heads=2))
+with tempfile.TemporaryDirectory() as tmp:
+    whole = P.pretrain(small, tok, checkpoint_dir=Path(tmp) / "a", progress=False)
+    P.pretrain(small, tok, checkpoint_dir=Path(tmp) / "b", stop_after=4, progress=False)
+    resumed = P.pretrain(small, tok, checkpoint_dir=Path(tmp) / "b", resume=True, progress=False)
+same = [a["loss"] == b["loss"] for a, b in zip(whole.history, resumed.history)]
+print(f"{sum(same)} of {len(same)} step losses identical after resuming at step 4;",
+      "validation losses identical:", whole.val_history == resumed.val_history)
+"""),
+md("""
+## 9. Check against the package
+
+The hand-written loop of section 4 must give exactly the package's first steps, the saved folder must load
+in `transformers` and give the same logits, and `ensure_pretrained()` must find the folder we just wrote.
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+import transformers
+
+package_first_steps = P.pretrain(cfg, tok, stop_after=3, progress=False)
+assert all(abs(a - b["loss"]) < 1e-5 for a, b in zip(hand_losses, package_first_steps.history)), (hand_losses, package_first_steps.history)
+assert P.ensure_pretrained() == P.DEFAULT_PRETRAINED_DIR
+reference = transformers.DogeForCausalLM.from_pretrained(P.DEFAULT_PRETRAINED_DIR).eval()
+ids = val_rows[:2, :128]
+with torch.no_grad():
+    diff = (reference(input_ids=ids).logits - model(input_ids=ids).logits).abs().max().item()
+assert diff < 1e-4, diff
+assert result.final_val_loss < 0.35 * result.val_history[0]["val_loss"]
+assert all(same) and whole.val_history == resumed.val_history
+print("doge_from_scratch.pretrain matches the hand-written loop; the saved model loads in transformers with the same logits")
+"""),
+]
+
+if __name__ == "__main__":
+    print(write_notebook("06_pretraining.ipynb", cells))
