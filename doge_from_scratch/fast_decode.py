@@ -14,7 +14,10 @@ the time of those matrix-vector products is the floor. Everything else is overhe
 - the per-token path is a flat loop over tuples of tensors (no module calls, no ``causal_padding_mask``),
   with q and k normed and rotated together, and grouped-query attention done by folding the g query
   heads of a group into SDPA's query-length axis (no ``repeat_kv`` copy);
-- optional bfloat16 weights (half the bytes to read) and ``torch.compile`` of the per-token step.
+- optional bfloat16 weights (half the bytes to read; the cache stays float32, which holds bfloat16
+  values exactly, and decode attention runs in float32 as fused attention kernels accumulate);
+- optional ``torch.compile``: ``compile=True`` compiles the whole per-token step (fastest per token, but
+  compile time grows with the layer count), ``compile="layer"`` one layer function reused by all layers.
 
 Prefill (the prompt), keep-window overflow (more keys than ``keep_window_size``: top-k over the bias)
 and padded rows go through the core attention functions, so they inherit the teaching model's numbers.
@@ -112,7 +115,7 @@ class FastDoge:
     ``generation.generate(fast, ...)``. The source model is not modified and may be dropped.
     """
 
-    def __init__(self, model, dtype: torch.dtype | None = None, compile: bool = False) -> None:
+    def __init__(self, model, dtype: torch.dtype | None = None, compile: bool | str = False) -> None:
         config = model.config
         if config.attention_variant != "native":
             raise NotImplementedError("FastDoge supports native (generation C) attention; "
@@ -282,11 +285,10 @@ class FastDoge:
         keys.index_copy_(2, slot, qk[:, nh:, None].float())
         values.index_copy_(2, slot, v.view(b, nkv, 1, d).float())
         bias.index_copy_(2, slot, torch.exp(A * F.softplus(F.linear(v, dt_w, dt_b)))[:, :, None].float())
-        # the g query heads of a KV group ride in the query-length axis: [B, n_kv, g, d] (no repeat_kv);
-        # float32 throughout, as fused attention kernels accumulate (small bfloat16 bmm is slow on CPUs)
-        scores = torch.matmul(qk[:, :nh].view(b, nkv, g, d).float(), keys.transpose(2, 3)) * self.scaling
-        probs = torch.softmax(scores + bias[:, :, None, :], dim=-1)
-        out = torch.matmul(probs, values).to(x.dtype)
+        # the g query heads of a KV group ride in SDPA's query-length axis: [B, n_kv, g, d] (no repeat_kv),
+        # the bias row is the additive mask; float32 throughout (small bfloat16 products are slow on CPUs)
+        out = F.scaled_dot_product_attention(qk[:, :nh].view(b, nkv, g, d).float(), keys, values,
+                                             attn_mask=bias[:, :, None, :], scale=self.scaling).to(x.dtype)
         x = input_residual * x + F.linear(out.reshape(b, nh * d), o_w, o_b)
         h = self.rms(x, post_norm)
         gate, up = F.linear(h, gate_up_w, gate_up_b).split(self.intermediate, dim=-1)

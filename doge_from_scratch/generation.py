@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -342,13 +342,18 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
              tokenizer=None, **settings) -> torch.Tensor:
     """Continue each prompt row; returns [B, T + new] ids (prompt, then new tokens, pad after an eos).
 
-    model: a ``DogeForCausalLM`` or a ``fast_decode.FastDoge``. input_ids: [B, T];
+    model: a ``DogeForCausalLM`` or a ``fast_decode.FastDoge``. input_ids: [B, T] (or a tokenizer's
+    output holding ``input_ids`` and ``attention_mask``);
     attention_mask: [B, T] with 0 on LEFT padding. generation_config: ours, a transformers
     ``GenerationConfig`` or a dict; ``settings`` override single fields (max_new_tokens=..., seed=...).
     cache: "static" (preallocated), "dynamic" (grown by concatenation) or "none" (recompute all).
     ``tokenizer`` is accepted for the model cards' call signature and otherwise unused.
     """
     del tokenizer
+    if isinstance(input_ids, Mapping):  # a tokenizer's BatchEncoding, as apply_chat_template returns in transformers 5
+        if attention_mask is None:
+            attention_mask = input_ids.get("attention_mask")
+        input_ids = input_ids["input_ids"]
     config = resolve_config(model.config, generation_config, **settings)
     if not config.use_cache:
         cache = "none"

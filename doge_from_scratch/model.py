@@ -206,7 +206,7 @@ class DogeForCausalLM(DogePreTrainedModel):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def generate(self, input_ids, attention_mask: torch.Tensor | None = None,
                  generation_config=None, streamer=None, **settings) -> torch.Tensor:
         """Our own decode loop and KV cache (lesson 05); see ``generation.generate``."""
         from .generation import generate

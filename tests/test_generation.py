@@ -191,6 +191,19 @@ def test_fast_decoder_bfloat16_is_the_same_model():
     assert out.shape == (1, 34)
 
 
+@torch.no_grad()
+def test_compiled_fast_decoder_equals_eager():
+    ours, _ = make_pair(num_hidden_layers=1)
+    ids = prompt(length=8)
+    eager, compiled = FastDoge(ours).make_stepper(1, 20), FastDoge(ours, compile=True).make_stepper(1, 20)
+    positions = torch.arange(8)[None]
+    a, b = eager.prefill(ids, None, positions), compiled.prefill(ids, None, positions)
+    for step in range(6):
+        token, position = a.argmax(-1), torch.tensor([8 + step])
+        a, b = eager.step(token, None, position), compiled.step(token, None, position)
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
 def test_fast_decoder_refuses_classic_attention():
     torch.manual_seed(0)
     model = DogeForCausalLM(tiny_config(attention_variant="classic")).eval()
