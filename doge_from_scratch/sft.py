@@ -181,7 +181,7 @@ SFT_LOSS = StageLoss(sft_summed_loss, count_trainable)
 class SFTSettings:
     """The recipe's knobs, at lesson scale (the card: 2 epochs, packing, cosine min-LR 0.1, warmup 0.1)."""
 
-    lr: float = 3e-3
+    lr: float = 4e-3
     epochs: int = 2
     max_examples: int | None = None  # use only the first N records (lesson runs stay within minutes on a CPU)
     max_length: int = 256
