@@ -143,3 +143,14 @@ def test_greedy_generation_matches_a_full_forward(tok):
         for _ in range(5):
             ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
     assert new == ids[len(prompt):]
+
+
+def test_training_benchmark_runs_and_ends_with_json(capsys):
+    from doge_from_scratch.bench import train as bench_train
+
+    assert bench_train.main(["--config", "tiny", "--batch", "1", "--seq", "16", "--steps", "1", "--warmup", "0"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(last)
+    assert summary["benchmark"] == "train"
+    assert {r["model"] for r in summary["rows"]} == {"doge_from_scratch", "transformers (sdpa)", "transformers (eager)"}
+    assert set(summary["speedup_vs_best_transformers"]) == {"tiny/float32"}
