@@ -258,3 +258,47 @@ def ensure_sft(folder: str | Path | None = None, pretrained: str | Path | None =
     settings = settings or SFTSettings()
     history = train_sft(model, tokenizer, list(load_lesson_dataset("chat", "train")), settings, progress)
     return save_stage(model, tokenizer, folder, history, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``torchrun --nproc_per_node 2 -m doge_from_scratch.sft --out artifacts/sft_ddp``: the same loop under DDP.
+
+    Each process builds the same step list and trains on its shard of every step (``train_utils.shard``);
+    the loss is divided by the step's token count summed over processes, so the run equals one process.
+    """
+    import argparse
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .data import load_lesson_dataset
+    from .model import DogeForCausalLM
+    from .pretrain import ensure_pretrained
+    from .tokenizer import load_tokenizer
+    from .train_utils import rank
+
+    parser = argparse.ArgumentParser(description="SFT of the pretrained lesson model (single process or torchrun).")
+    parser.add_argument("--out", default=str(ARTIFACTS / "sft_ddp"))
+    parser.add_argument("--max-examples", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=SFTSettings.epochs)
+    args = parser.parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("gloo")
+    base = Path(ensure_pretrained())  # run once before launching several processes
+    model = DogeForCausalLM.from_pretrained(base)
+    tokenizer = load_tokenizer(base)
+    settings = SFTSettings(max_examples=args.max_examples, epochs=args.epochs)
+    wrapped = DistributedDataParallel(model) if distributed else model
+    history = train_sft(wrapped, tokenizer, list(load_lesson_dataset("chat", "train")), settings,
+                        progress=rank() == 0)
+    if rank() == 0:
+        save_stage(model, tokenizer, args.out, history, settings)
+        print(f"{len(history)} steps, loss {history[0].loss:.4f} -> {history[-1].loss:.4f}, saved {args.out}")
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
