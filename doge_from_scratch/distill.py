@@ -117,3 +117,45 @@ def train_logit_distill(student, teacher, tokenizer, records: Sequence[Mapping[s
     objective = LogitDistillation(teacher, settings.beta, settings.temperature)
     return train(student, steps, objective, optimizer, scheduler, settings.max_grad_norm, progress, len(steps),
                  f"JSD beta={settings.beta}")
+
+
+@torch.no_grad()
+def trace_metrics(model, tokenizer, records: Sequence[Mapping[str, Any]], batch_rows: int = 8) -> dict[str, float]:
+    """Teacher-forced scores on held-out reasoning records (cheap, deterministic, no sampling).
+
+    nll: mean NLL per trace token; token_accuracy: argmax = the trace's next token; solution_exact: share of
+    records whose every token from ``<|begin_of_solution|>`` to the end of the turn is predicted exactly (the
+    answer, given the reference thought).
+    """
+    from .tokenizer import BEGIN_SOLUTION
+
+    model.eval()
+    begin = tokenizer.convert_tokens_to_ids(BEGIN_SOLUTION)
+    examples = sft_examples(tokenizer, records)
+    nll_sum, count, correct, exact = 0.0, 0, 0, 0
+    for start in range(0, len(examples), batch_rows):
+        chunk = examples[start:start + batch_rows]
+        batch = collate_padded_examples(chunk, tokenizer.pad_token_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        trained = targets != IGNORE
+        nll = torch.logsumexp(logits, -1) - logits.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        hit = (logits.argmax(-1) == targets) & trained
+        nll_sum += float(nll[trained].sum())
+        count += int(trained.sum())
+        correct += int(hit.sum())
+        for row in range(len(chunk)):
+            ids = batch["input_ids"][row, 1:]
+            where = (ids == begin).nonzero()
+            solution = trained[row].clone()
+            if len(where):
+                solution[: int(where[0])] = False
+            exact += bool(len(where)) and bool(hit[row][solution].all())
+    return {"nll": nll_sum / max(count, 1), "token_accuracy": correct / max(count, 1),
+            "solution_exact": exact / max(len(examples), 1)}
+
+
+def collate_padded_examples(examples, pad_token_id: int):
+    from .sft import collate_padded
+
+    return collate_padded(examples, pad_token_id)
