@@ -231,8 +231,8 @@ plt.show()
 """),
 md("""
 The loss falls fast: most of the corpus is templated, so once the model has learnt the templates only the
-genuinely unpredictable parts (which numbers, which names) remain. Note the extra drop during the decay
-phase - typical of WSD.
+genuinely unpredictable parts (which numbers, which names) remain. In long runs the decay phase of WSD
+gives a clearly visible extra drop; in a run this short it only flattens the end of the curve.
 
 ## 7. After training
 """),
