@@ -1,0 +1,347 @@
+"""Generator for notebooks/09_reasoning_distillation.ipynb (run: python notebooks/_src/nb09_reasoning_distillation.py)."""
+
+from nbbuild import code, md, write_notebook
+
+cells = [
+md("""
+# Lesson 09 - Reasoning distillation: sequence-level and logit-level
+
+Doge-160M-Reason-Distill is a small model that thinks before it answers. Its card says how it was made:
+
+> We build the Doge-Reason-Distill by SFT on Reason-Distill. (2 epochs, length 4096, LR 4e-4, bfloat16)
+
+Reason-Distill holds *traces written by larger teacher models*: a thought section between
+`<|begin_of_thought|>` and `<|end_of_thought|>`, then a solution between `<|begin_of_solution|>` and
+`<|end_of_solution|>`, under a fixed system prompt. Training a student on a teacher's *outputs* is
+**sequence-level distillation**: plain SFT (lesson 07) on the traces.
+
+Going beyond the card, **logit-level distillation** trains the student on the teacher's *whole next-token
+distribution* at every position, not just the one token the teacher wrote - with the generalized Jensen-Shannon
+divergence of GKD, whose beta slides between forward KL (beta = 0) and reverse KL (beta = 1).
+
+Plan: a teacher and a smaller student from lesson 07's chat model; the student three ways - without
+distillation, sequence-level, logit-level with beta 0, 0.5, 1 - and their accuracy on held-out reasoning
+questions (the cards' "3.9 or 3.11" decimal comparison among them). Last, the card's own usage snippet runs on
+the distilled student.
+"""),
+code("""
+import os
+
+# On a shared machine, OpenMP threads that spin while they wait starve each other (we measured 20x slower
+# training with 2 busy-waiting threads beside other jobs); sleeping waits cost nothing on an idle machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import copy
+import json
+import math
+import time
+import warnings
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+import transformers
+
+from doge_from_scratch import DogeForCausalLM, distill, sft
+from doge_from_scratch.data import REASONING_SYSTEM_PROMPT, check_answer, load_lesson_dataset
+from doge_from_scratch.tokenizer import load_tokenizer
+
+torch.manual_seed(0)
+torch.set_num_threads(2)
+transformers.logging.set_verbosity_error()
+warnings.filterwarnings("ignore", category=FutureWarning)
+%matplotlib inline
+
+sft_folder = sft.ensure_sft()            # lesson 07's chat model (trained here first if it is missing)
+tokenizer = load_tokenizer(sft_folder)
+chat_model = DogeForCausalLM.from_pretrained(sft_folder).eval()
+train_rows = list(load_lesson_dataset("reasoning", "train"))[:160]   # lesson scale: minutes on 2 CPU cores
+test_rows = list(load_lesson_dataset("reasoning", "test"))
+print(train_rows[0]["messages"][1]["content"])
+print(train_rows[0]["messages"][2]["content"])
+"""),
+md("""
+## 1. The data: the card's system prompt, thought and solution
+
+Every row has the card's system prompt (quoted verbatim), a question and a trace. The tags are single tokens of
+our tokenizer, so the model can learn to emit them. As in SFT, only the assistant's trace is trained.
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+ids, mask = sft.render_chat(tokenizer, train_rows[0]["messages"])
+print(f"{len(ids)} tokens, {sum(mask)} trained (the trace); the system prompt alone is "
+      f"{len(tokenizer.encode(REASONING_SYSTEM_PROMPT, add_special_tokens=False))} tokens")
+tags = ["<|begin_of_thought|>", "<|end_of_thought|>", "<|begin_of_solution|>", "<|end_of_solution|>"]
+print({t: tokenizer.convert_tokens_to_ids(t) for t in tags})
+print("tasks in the held-out questions:", sorted({r["task"] for r in test_rows}))
+"""),
+md("""
+## 2. Teacher and student
+
+- **Teacher**: lesson 07's chat model (4 layers), trained here on the traces - the "larger model" that knows how
+  to reason in this format.
+- **Student**: a smaller Doge made from the same chat model by keeping every other layer (2 of 4 layers, the
+  layer-dropping initialisation of DistilBERT): same tokenizer, same vocabulary - which logit-level
+  distillation needs, since it compares distributions over the same tokens.
+"""),
+code("""
+def small_student():
+    config = copy.deepcopy(chat_model.config)
+    config.num_hidden_layers = chat_model.config.num_hidden_layers // 2
+    student = DogeForCausalLM(config)
+    state = chat_model.state_dict()
+    keep = list(range(0, chat_model.config.num_hidden_layers, 2))
+    for name, tensor in student.state_dict().items():
+        source = name
+        if name.startswith("model.layers."):
+            i = int(name.split(".")[2])
+            source = name.replace(f"model.layers.{i}.", f"model.layers.{keep[i]}.", 1)
+        tensor.copy_(state[source])
+    return student.eval()
+
+count = lambda m: sum(p.numel() for p in m.parameters())
+student_init = small_student()
+print(f"teacher {count(chat_model) / 1e6:.2f}M parameters ({chat_model.config.num_hidden_layers} layers), "
+      f"student {count(student_init) / 1e6:.2f}M ({student_init.config.num_hidden_layers} layers)")
+
+# The teacher gets 2 epochs (the card's count); every student 1 epoch, so the comparison below is between
+# targets (trace tokens vs teacher distributions), not training budgets.
+teacher_settings = sft.SFTSettings(lr=3e-3, epochs=2, max_length=1024, rows_per_micro_batch=2, accumulation=1)
+settings = sft.SFTSettings(lr=3e-3, epochs=1, max_length=1024, rows_per_micro_batch=2, accumulation=1)
+teacher = copy.deepcopy(chat_model)
+t0 = time.time()
+teacher_log = sft.train_sft(teacher, tokenizer, train_rows, teacher_settings, progress=False)
+teacher.eval()
+print(f"teacher trained on the traces: {len(teacher_log)} steps, {time.time() - t0:.0f}s, "
+      f"loss {teacher_log[0].loss:.2f} -> {teacher_log[-1].loss:.2f}")
+"""),
+md("""
+## 3. Sequence-level distillation (the card's way)
+
+SFT of the student on the traces, exactly lesson 07's loop.
+"""),
+code("""
+t0 = time.time()
+seq_student = small_student()
+seq_log = sft.train_sft(seq_student, tokenizer, train_rows, settings, progress=False)
+seq_student.eval()
+print(f"sequence-level: {len(seq_log)} steps, {time.time() - t0:.0f}s, loss {seq_log[0].loss:.2f} -> {seq_log[-1].loss:.2f}")
+"""),
+md("""
+## 4. Logit-level distillation: the generalized Jensen-Shannon divergence
+
+At every trained position the teacher gives a distribution p_t over the vocabulary, the student p_s. With the
+mixture m = (1 - beta) p_s + beta p_t:
+
+JSD_beta = beta KL(p_t || m) + (1 - beta) KL(p_s || m)
+
+For 0 < beta < 1 this is bounded (by log 2 at beta = 0.5, the usual Jensen-Shannon divergence) and symmetric at
+beta = 0.5. Its end points are defined as the two KL divergences: **beta = 0: forward KL(p_t || p_s)** - the
+student must put mass wherever the teacher does (mass covering, the classic distillation loss);
+**beta = 1: reverse KL(p_s || p_t)** - the student is punished for mass where the teacher has none (mode
+seeking). The divergences are summed over the vocabulary, then over the trace's tokens, and divided by the
+number of trace tokens of the optimizer step, like the SFT loss.
+"""),
+code("""
+def kl(log_p, log_q):
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+def jsd(student_logits, teacher_logits, beta):
+    log_s, log_t = F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.float(), -1)
+    if beta == 0:
+        return kl(log_t, log_s)
+    if beta == 1:
+        return kl(log_s, log_t)
+    log_m = torch.logaddexp(log_s + math.log(1 - beta), log_t + math.log(beta))
+    return beta * kl(log_t, log_m) + (1 - beta) * kl(log_s, log_m)
+
+# one position, two distributions over 3 tokens: how the choice of beta weighs a student that misses a mode
+teacher_p = torch.tensor([0.5, 0.45, 0.05]).log()
+students = {"covers both modes": [0.4, 0.4, 0.2], "picks one mode": [0.9, 0.05, 0.05]}
+print(f"{'student':20}" + "".join(f"{f'beta={b}':>11}" for b in (0, 0.5, 1)))
+for name, p in students.items():
+    print(f"{name:20}" + "".join(f"{jsd(torch.tensor(p).log(), teacher_p, b).item():>11.3f}" for b in (0, 0.5, 1)))
+"""),
+md("""
+Forward KL (beta = 0) punishes the student that drops the teacher's second mode much more than the one that
+spreads out; reverse KL (beta = 1) is the other way round. TRL computes the same divergence in
+`GKDTrainer.generalized_jsd_loss`; our `distill.jsd_loss` must give the same number on the same logits (also a
+unit test, with gradients and temperatures):
+"""),
+code("""
+from trl.experimental.gkd import GKDTrainer
+
+batch = sft.collate_packed(sft.pack(sft.sft_examples(tokenizer, train_rows[:4]), 1024), tokenizer.pad_token_id)
+with torch.no_grad():
+    s_logits = student_init(**sft.model_inputs(batch)).logits
+    t_logits = teacher(**sft.model_inputs(batch)).logits
+labels = batch["labels"]
+shifted = (s_logits[:, :-1], t_logits[:, :-1], labels[:, 1:])
+print(f"{'beta':>6}{'TRL':>14}{'ours':>14}{'notebook':>14}{'rel diff':>10}")
+rel_diffs = []
+for beta in (0.0, 0.5, 1.0):
+    ref = GKDTrainer.generalized_jsd_loss(*shifted[:2], labels=shifted[2], beta=beta).item()
+    total, n = distill.jsd_loss(s_logits, t_logits, labels, beta, shift=True)
+    by_hand = jsd(shifted[0], shifted[1], beta)[shifted[2] != -100].mean().item()
+    rel_diffs.append(abs(total.item() / n.item() - ref) / ref)
+    print(f"{beta:>6}{ref:>14.8f}{total.item() / n.item():>14.8f}{by_hand:>14.8f}{rel_diffs[-1]:>10.1e}")
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+print("our JSD equals TRL's generalized_jsd_loss to 1e-6:", max(rel_diffs) < 1e-6)
+"""),
+md("""
+Now train one student per beta, from the same initialisation, on the same batches as the sequence-level
+student - only the target differs: the teacher's distribution instead of the trace's token.
+"""),
+code("""
+logit_students, logit_logs = {}, {}
+for beta in (0.0, 0.5, 1.0):
+    t0 = time.time()
+    student = small_student()
+    distill_settings = distill.DistillSettings(lr=settings.lr, beta=beta, epochs=settings.epochs,
+                                               max_length=settings.max_length,
+                                               rows_per_micro_batch=settings.rows_per_micro_batch,
+                                               accumulation=settings.accumulation)
+    logit_logs[beta] = distill.train_logit_distill(student, teacher, tokenizer, train_rows, distill_settings,
+                                                   progress=False)
+    logit_students[beta] = student.eval()
+    print(f"logit-level beta={beta}: {time.time() - t0:.0f}s, JSD {logit_logs[beta][0].loss:.3f} -> "
+          f"{logit_logs[beta][-1].loss:.3f}")
+"""),
+md("""
+## 5. Measured effect: accuracy on held-out reasoning questions
+
+First, teacher-forced on all held-out questions (cheap and deterministic): given the reference trace so far, how
+well does each model predict the next token? **nll** per trace token, **token accuracy**, and **solution exact**:
+the share of questions whose whole solution section (from `<|begin_of_solution|>` to the end of the turn) the
+model predicts token for token - the answer, given the reference thought.
+"""),
+code("""
+t0 = time.time()
+models = {"teacher (4 layers)": teacher, "student, no distillation": student_init,
+          "student, sequence-level": seq_student,
+          **{f"student, logit-level beta={b}": m for b, m in logit_students.items()}}
+forced = {name: distill.trace_metrics(m, tokenizer, test_rows) for name, m in models.items()}
+print(f"({len(test_rows)} held-out questions, {time.time() - t0:.0f}s)")
+print(f"{'model':32}{'nll':>8}{'token acc':>11}{'solution exact':>16}")
+for name, r in forced.items():
+    print(f"{name:32}{r['nll']:>8.3f}{r['token_accuracy']:>11.1%}{r['solution_exact']:>16.1%}")
+"""),
+md("""
+Then free generation, the real test: each model answers held-out questions (problems never seen in training) under the card's system prompt, greedy,
+at most 110 new tokens (the longest trace has 109). Two scores from the tasks' checker: **answer + format** (`check_answer` on the reasoning
+record: the reply must have a thought section and a solution section, and the solution must be right) and
+**answer only** (the task's checker on the whole reply, whatever its shape); and **format** alone (a thought
+section, then a solution section).
+"""),
+code("""
+from doge_from_scratch.data import is_well_formed_reasoning, prompt_and_reference
+from doge_from_scratch.train_utils import chat_reply
+
+questions = test_rows[:12]
+
+def score(model):
+    strict, lenient, formed, per_task = [], [], [], {}
+    for row in questions:
+        prompt, _ = prompt_and_reference(row)
+        reply = chat_reply(model, tokenizer, prompt, max_new_tokens=110)
+        strict.append(check_answer(row, reply))
+        lenient.append(check_answer({"task": row["task"], "answer": row["answer"]}, reply))
+        formed.append(is_well_formed_reasoning(reply))
+        per_task.setdefault(row["task"], []).append(strict[-1])
+    mean = lambda xs: sum(xs) / len(xs)
+    return {"answer+format": mean(strict), "answer only": mean(lenient), "format": mean(formed),
+            **{t: mean(v) for t, v in sorted(per_task.items())}}
+
+t0 = time.time()
+results = {name: score(m) for name, m in models.items()}
+columns = list(next(iter(results.values())))
+print(f"({time.time() - t0:.0f}s)")
+print(f"{'model':32}" + "".join(f"{c[:16]:>17}" for c in columns))
+for name, r in results.items():
+    print(f"{name:32}" + "".join(f"{r[c]:>17.0%}" for c in columns))
+"""),
+code("""
+names = [n for n in results if n.startswith("student")]
+x = torch.arange(len(names))
+fig, ax = plt.subplots(1, 2, figsize=(13, 3.8))
+ax[0].bar(x - 0.2, [forced[n]["solution_exact"] for n in names], 0.4, label="solution exact (teacher-forced)")
+ax[0].bar(x + 0.2, [results[n]["answer+format"] for n in names], 0.4, label="answer + format (generated)")
+ax[0].axhline(forced["teacher (4 layers)"]["solution_exact"], color="k", ls="--", lw=1, label="teacher, solution exact")
+ax[0].set_ylabel("held-out accuracy"); ax[0].set_ylim(0, 1); ax[0].legend(fontsize=8)
+ax[1].bar(x, [forced[n]["nll"] for n in names], 0.5, color="tab:gray")
+ax[1].axhline(forced["teacher (4 layers)"]["nll"], color="k", ls="--", lw=1, label="teacher")
+ax[1].set_ylabel("held-out NLL per trace token"); ax[1].legend(fontsize=8)
+for a in ax:
+    a.set_xticks(x, [n.replace("student, ", "") for n in names], rotation=15)
+fig.suptitle("2-layer students on held-out reasoning questions"); plt.tight_layout(); plt.show()
+"""),
+md("""
+## 6. The card's usage snippet, on the distilled student
+
+The card loads `SmallDoge/Doge-160M-Reason-Distill` with `AutoModelForCausalLM` and generates with sampling
+(temperature 0.8, top-p 0.9) and a `TextStreamer`. We save the sequence-level student like a Hub folder and run
+the snippet against it - with our `DogeForCausalLM.from_pretrained` in place of `AutoModelForCausalLM` and our
+own `generate` (lesson 05).
+"""),
+code("""
+student_folder = sft.save_stage(seq_student, tokenizer, sft.ARTIFACTS / "reason_distill", seq_log, settings)
+
+from transformers import AutoTokenizer, GenerationConfig, TextStreamer
+
+tokenizer = AutoTokenizer.from_pretrained(str(student_folder))
+model = DogeForCausalLM.from_pretrained(student_folder)
+
+generation_config = GenerationConfig(
+      max_new_tokens=100,
+      use_cache=True,
+      do_sample=True,
+      temperature=0.8,
+      top_p=0.9,
+      repetition_penalty=1.0
+)
+steamer = TextStreamer(
+      tokenizer=tokenizer,
+      skip_prompt=True
+)
+
+system_prompt = REASONING_SYSTEM_PROMPT    # the card's text, verbatim (see doge_from_scratch.data)
+prompt = "Which number is bigger, 3.9 or 3.11?"
+conversation = [
+    {"role": "system", "content": system_prompt},
+    {"role": "user", "content": prompt}
+]
+inputs = tokenizer.apply_chat_template(
+    conversation=conversation,
+    tokenize=True,
+    return_tensors="pt",
+    return_dict=False,
+)
+
+torch.manual_seed(0)
+outputs = model.generate(
+    inputs,
+    tokenizer=tokenizer,
+    generation_config=generation_config,
+    streamer=steamer
+)
+"""),
+md("""
+## 7. Check against the package
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+with torch.no_grad():
+    for beta in (0.0, 0.3, 0.5, 1.0):
+        assert torch.allclose(distill.generalized_jsd(s_logits, t_logits, beta), jsd(s_logits, t_logits, beta),
+                              rtol=1e-5, atol=1e-7)
+best_logit = min(forced[f"student, logit-level beta={b}"]["nll"] for b in (0.0, 0.5, 1.0))
+assert forced["student, sequence-level"]["nll"] < forced["student, no distillation"]["nll"]
+assert best_logit < forced["student, no distillation"]["nll"]
+print("doge_from_scratch.distill matches the notebook; both distillations beat the undistilled student")
+"""),
+]
+
+if __name__ == "__main__":
+    print(write_notebook("09_reasoning_distillation.ipynb", cells))
