@@ -9,6 +9,8 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
+# idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning threads slow every other process
+export OMP_WAIT_POLICY := PASSIVE
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
