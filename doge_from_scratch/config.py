@@ -37,8 +37,9 @@ PRESETS: dict[str, dict] = {
 }
 _PRESET_COMMON = dict(
     vocab_size=32768, tie_word_embeddings=True, max_position_embeddings=2048, keep_window_size=2048,
-    rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0,
-                     "original_max_position_embeddings": 2048},
+    # The classic configs also say original_max_position_embeddings=2048; the dynamic rule reads the trained
+    # length from max_position_embeddings (also 2048), and transformers warns about the extra key.
+    rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0},
     bos_token_id=0, eos_token_id=1, pad_token_id=2,
 )
 
