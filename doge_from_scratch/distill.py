@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .sft import IGNORE, count_trainable, model_inputs, sft_examples, sft_step_batches
-from .train_utils import StageLoss, StepLog, make_optimizer, make_scheduler, train
+from .train_utils import OptimizerSettings, StageLoss, StepLog, make_optimizer, make_scheduler, train
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -88,7 +88,7 @@ class LogitDistillation(StageLoss):
 
 
 @dataclass
-class DistillSettings:
+class DistillSettings(OptimizerSettings):
     lr: float = 3e-3
     beta: float = 0.5
     temperature: float = 1.0
@@ -97,12 +97,6 @@ class DistillSettings:
     rows_per_micro_batch: int = 4
     accumulation: int = 1
     packing: bool = True
-    warmup: float = 0.1
-    min_lr_rate: float = 0.1
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.95)
-    max_grad_norm: float = 1.0
-    seed: int = 0
 
 
 def train_logit_distill(student, teacher, tokenizer, records: Sequence[Mapping[str, Any]],

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .train_utils import StageLoss, StepLog, make_optimizer, make_scheduler, step_groups, token_nll, train, world_size
+from .train_utils import (OptimizerSettings, StageLoss, StepLog, make_optimizer, make_scheduler, step_groups,
+                          token_nll, train, world_size)
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
@@ -164,20 +165,14 @@ class DPOObjective(StageLoss):
 
 
 @dataclass
-class DPOSettings:
+class DPOSettings(OptimizerSettings):
     lr: float = 4e-4  # the recipe: SFT LR / 10
     beta: float = 0.1
     loss_type: str = "sigmoid"
     epochs: int = 2
     pairs_per_micro_batch: int = 8
     accumulation: int = 2
-    warmup: float = 0.1
-    min_lr_rate: float = 0.1
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.95)
-    max_grad_norm: float = 1.0
     max_pairs: int | None = 600  # lesson scale: 2 epochs over 600 pairs take about a minute on 2 cores
-    seed: int = 0
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -404,3 +404,16 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if streamer is not None:
         streamer.end()
     return torch.cat((input_ids, torch.stack(new_tokens, dim=1)), dim=1)
+
+
+def chat_reply(model, tokenizer, messages: Sequence[Mapping[str, str]], max_new_tokens: int = 64,
+               skip_special_tokens: bool = False) -> str:
+    """The model's greedy next assistant turn for ``messages`` (rendered with the chat template).
+
+    Special tokens are kept by default, so a reply that never closes its turn is visible to a checker.
+    """
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True, return_dict=False)
+    model.eval()
+    out = generate(model, torch.tensor([list(ids)]), max_new_tokens=max_new_tokens,
+                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, len(ids):].tolist(), skip_special_tokens=skip_special_tokens)

@@ -492,35 +492,20 @@ def _lock_exclusive(handle) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def generate(model: DogeForCausalLM, input_ids: list[int], max_new_tokens: int = 60, temperature: float = 0.0,
              top_k: int | None = None, seed: int = 0, stop_ids: Sequence[int] = (1,)) -> list[int]:
-    """Sample a continuation of one prompt with a KV cache; temperature 0 is greedy. -> new token ids."""
-    from .cache import KVCache
+    """Continue one prompt with lesson 05's ``generate`` (KV cache); temperature 0 is greedy. -> new token ids."""
+    from .generation import generate as continue_ids
 
     was_training = model.training
     model.eval()
-    g = torch.Generator().manual_seed(seed)
-    cache = KVCache()
-    ids = torch.tensor([input_ids])
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-        logits = logits.float()
-        if temperature <= 0:
-            next_id = int(logits.argmax())
-        else:
-            logits = logits / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, top_k).values[-1]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            next_id = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=g))
-        new.append(next_id)
-        if next_id in stop_ids:
-            break
-        ids = torch.tensor([[next_id]])
+    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, seed=seed) if temperature > 0 else {}
+    out = continue_ids(model, torch.tensor([list(input_ids)]), max_new_tokens=max_new_tokens,
+                       eos_token_id=list(stop_ids), **sampling)
     model.train(was_training)
-    return new
+    new = out[0, len(input_ids):].tolist()
+    stop = next((i for i, t in enumerate(new) if t in stop_ids), None)
+    return new if stop is None else new[: stop + 1]
 
 
 def sample_text(model: DogeForCausalLM, tokenizer, prompt: str, max_new_tokens: int = 60, **kwargs: Any) -> str:
@@ -529,11 +514,11 @@ def sample_text(model: DogeForCausalLM, tokenizer, prompt: str, max_new_tokens: 
     return prompt + tokenizer.decode(generate(model, ids, max_new_tokens, **kwargs))
 
 
-def chat_reply(model: DogeForCausalLM, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 60,
-               **kwargs: Any) -> str:
-    """The model's reply to a conversation, rendered with the chat template (special tokens dropped)."""
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
-    return tokenizer.decode(generate(model, ids, max_new_tokens, **kwargs), skip_special_tokens=True).strip()
+def chat_reply(model: DogeForCausalLM, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 60) -> str:
+    """The model's greedy reply to a conversation, rendered with the chat template (special tokens dropped)."""
+    from .generation import chat_reply as reply_with_specials
+
+    return reply_with_specials(model, tokenizer, messages, max_new_tokens, skip_special_tokens=True).strip()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

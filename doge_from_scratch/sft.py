@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .train_utils import (StageLoss, StepLog, make_optimizer, make_scheduler, step_groups, token_nll, train,
+from .train_utils import (OptimizerSettings, StageLoss, StepLog, make_optimizer, make_scheduler, step_groups, token_nll, train,
                           world_size)
 
 IGNORE = -100
@@ -178,7 +178,7 @@ SFT_LOSS = StageLoss(sft_summed_loss, count_trainable)
 
 
 @dataclass
-class SFTSettings:
+class SFTSettings(OptimizerSettings):
     """The recipe's knobs, at lesson scale (the card: 2 epochs, packing, cosine min-LR 0.1, warmup 0.1)."""
 
     lr: float = 4e-3
@@ -188,12 +188,6 @@ class SFTSettings:
     rows_per_micro_batch: int = 4
     accumulation: int = 2
     packing: bool = True
-    warmup: float = 0.1
-    min_lr_rate: float = 0.1
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.95)
-    max_grad_norm: float = 1.0
-    seed: int = 0
 
 
 def sft_step_batches(examples: Sequence[dict], tokenizer, settings: SFTSettings) -> list[list[dict]]:

@@ -36,6 +36,18 @@ def decayed_parameter_names(model: nn.Module) -> set[str]:
             if not any(re.search(p, name.lower()) for p in NO_DECAY_PATTERNS)}
 
 
+@dataclass
+class OptimizerSettings:
+    """The optimizer and schedule knobs every post-training stage shares (the recipes' values)."""
+
+    warmup: float = 0.1
+    min_lr_rate: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.95),
                    eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW with the recipes' betas/eps; weight decay only on matrices, embeddings, residual scales and A."""
@@ -203,54 +215,13 @@ def step_groups(items: Sequence[Any], micro_batch: int, accumulation: int, epoch
 # ----------------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 64, eos_token_id: int | None = None,
-             temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greedy (temperature 0) or nucleus sampling with our KV cache. input_ids: [1, T] -> new ids [N]."""
-    from .cache import KVCache
-
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"generate decodes one prompt at a time; input_ids has shape {tuple(input_ids.shape)}")
-    model.eval()
-    cache = KVCache()
-    out = model(input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        logits = out.logits[0, -1].float()
-        if temperature <= 0:
-            token = int(logits.argmax())
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            if top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                keep = sorted_p.cumsum(0) - sorted_p < top_p
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-            token = int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
-        new.append(token)
-        if eos_token_id is not None and token == eos_token_id:
-            break
-        out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return torch.tensor(new, dtype=torch.long)
-
-
-def chat_reply(model: nn.Module, tokenizer, messages: Sequence[dict[str, str]], max_new_tokens: int = 64,
-               **sampling) -> str:
-    """The model's next assistant turn for ``messages``, decoded with special tokens kept (so a missing
-    end-of-turn is visible to the checkers)."""
-    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
-                                        return_dict=False)
-    ids = torch.tensor([list(ids)])
-    new = generate(model, ids, max_new_tokens, tokenizer.eos_token_id, **sampling)
-    return tokenizer.decode(new.tolist(), skip_special_tokens=False)
-
-
 def follows_chat_format(reply: str, eos_token: str) -> bool:
     """The turn ends with the end-of-turn token and contains no new header (it answered, then stopped)."""
     return eos_token in reply and "<|start_header_id|>" not in reply.split(eos_token, 1)[0]
 
 
 def evaluate_replies(model: nn.Module, tokenizer, records: Sequence[dict[str, Any]], max_new_tokens: int = 64,
-                     progress: bool = False, **sampling) -> dict[str, Any]:
+                     progress: bool = False) -> dict[str, Any]:
     """Generate a reply to each record's prompt and score it with the task's own checker.
 
     Returns accuracy (checker says right), format (stopped with end-of-turn), per-task accuracy and the replies.
@@ -258,11 +229,12 @@ def evaluate_replies(model: nn.Module, tokenizer, records: Sequence[dict[str, An
     from tqdm.auto import tqdm
 
     from .data import check_answer, prompt_and_reference
+    from .generation import chat_reply
 
     replies, right, formatted, per_task = [], [], [], {}
     for record in tqdm(records, desc="generate", disable=not progress):
         prompt, _ = prompt_and_reference(record)
-        reply = chat_reply(model, tokenizer, prompt, max_new_tokens, **sampling)
+        reply = chat_reply(model, tokenizer, prompt, max_new_tokens)
         ok = bool(check_answer(record, reply))
         replies.append(reply)
         right.append(ok)

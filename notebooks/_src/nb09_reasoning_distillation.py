@@ -237,7 +237,7 @@ section, then a solution section).
 """),
 code("""
 from doge_from_scratch.data import is_well_formed_reasoning, prompt_and_reference
-from doge_from_scratch.train_utils import chat_reply
+from doge_from_scratch.generation import chat_reply
 
 questions = test_rows[:12]
 
