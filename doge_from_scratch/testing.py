@@ -52,3 +52,13 @@ def copy_into_reference(ours: torch.nn.Module, reference: torch.nn.Module) -> No
     real_missing = [k for k in missing if k != "lm_head.weight" or not ours.config.tie_word_embeddings]
     if real_missing or unexpected:
         raise KeyError(f"state dicts differ: missing {real_missing}, unexpected {list(unexpected)}")
+
+
+def tiny_model_for(tokenizer, seed: int = 0, **overrides):
+    """A randomised ``tiny_config`` model whose vocabulary and special ids are the tokenizer's."""
+    from .model import DogeForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
+    return randomize_(DogeForCausalLM(config), seed)

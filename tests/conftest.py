@@ -43,3 +43,11 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"{'check'.ljust(width)}  {'max |diff|':>11}  {'bound':>9}")
     for name, value, tol in MEASURED:
         terminalreporter.write_line(f"{name.ljust(width)}  {value:11.3e}  {tol:9.0e}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The project's lesson tokenizer (data/tokenizer), shared by the training-stage tests."""
+    from doge_from_scratch.tokenizer import load_tokenizer
+
+    return load_tokenizer()

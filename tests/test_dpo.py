@@ -7,18 +7,12 @@ import copy
 import pytest
 import torch
 
-from doge_from_scratch import DogeForCausalLM, dpo
+from doge_from_scratch import dpo
 from doge_from_scratch.data import data_file, read_jsonl
-from doge_from_scratch.testing import randomize_, tiny_config
-from doge_from_scratch.tokenizer import load_tokenizer
+from doge_from_scratch.testing import tiny_model_for
 from doge_from_scratch.train_utils import make_optimizer, optimizer_step, trl_ready
 
 LR, STEPS, PAIRS = 5e-4, 2, 4
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +20,6 @@ def pref_rows():
     return read_jsonl(data_file("preference", "train"), "preference")
 
 
-def tiny_model(tokenizer, seed: int = 0) -> DogeForCausalLM:
-    torch.manual_seed(seed)
-    config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return randomize_(DogeForCausalLM(config), seed)
 
 
 def test_prompt_plus_completion_is_the_whole_conversation(tokenizer, pref_rows):
@@ -44,7 +33,7 @@ def test_prompt_plus_completion_is_the_whole_conversation(tokenizer, pref_rows):
 
 
 def test_sequence_logps_sum_over_completion_only(tokenizer, pref_rows):
-    model = tiny_model(tokenizer).eval()
+    model = tiny_model_for(tokenizer).eval()
     examples = [dpo.preference_example(tokenizer, r) for r in pref_rows[:3]]
     batch = dpo.collate_preference(examples, tokenizer.pad_token_id)
     logps = dpo.sequence_logps(model, batch)
@@ -77,11 +66,11 @@ def run_trl_dpo(tokenizer, rows, loss_type: str, tmp_path):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    model = trl_ready(tiny_model(tokenizer))
+    model = trl_ready(tiny_model_for(tokenizer))
     initial = copy.deepcopy(model)
     # A reference that differs from the policy, so the first step already has non-zero rewards. (With
     # ref_model=None TRL would reload the model by name from the Hub; an in-memory model needs an explicit copy.)
-    ref = tiny_model(tokenizer, seed=1).eval()
+    ref = tiny_model_for(tokenizer, seed=1).eval()
     ref.load_state_dict({k: 0.5 * (v + w) for (k, v), w in zip(model.state_dict().items(),
                                                                  ref.state_dict().values())})
     dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
@@ -134,7 +123,7 @@ def test_loss_and_metrics_equal_trl(tokenizer, pref_rows, loss_type, tmp_path):
 
 
 def test_precomputed_reference_gives_the_same_loss(tokenizer, pref_rows):
-    model, ref = tiny_model(tokenizer, 1), tiny_model(tokenizer, 2).eval()
+    model, ref = tiny_model_for(tokenizer, 1), tiny_model_for(tokenizer, 2).eval()
     examples = [dpo.preference_example(tokenizer, r) for r in pref_rows[:6]]
     live = dpo.DPOObjective(ref).summed(model, dpo.collate_preference(examples, 2))
     pre = dpo.precompute_reference(ref, examples, 2, batch_size=4)

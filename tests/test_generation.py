@@ -212,13 +212,6 @@ def test_fast_decoder_refuses_classic_attention():
 
 
 # -- streamers ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tokenizer():
-    from doge_from_scratch.tokenizer import load_tokenizer
-
-    return load_tokenizer()
-
-
 def test_text_streamer_prints_the_generated_text(tokenizer, capsys):
     torch.manual_seed(0)
     model = randomize_(DogeForCausalLM(tiny_config(vocab_size=len(tokenizer))).eval(), seed=1)

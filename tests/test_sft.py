@@ -8,18 +8,11 @@ import math
 import pytest
 import torch
 
-from doge_from_scratch import DogeForCausalLM
 from doge_from_scratch import sft
 from doge_from_scratch.data import data_file, read_jsonl
-from doge_from_scratch.testing import randomize_, tiny_config
-from doge_from_scratch.tokenizer import load_tokenizer
+from doge_from_scratch.testing import tiny_model_for
 from doge_from_scratch.train_utils import (cosine_with_min_lr, make_optimizer, make_scheduler,
                                            optimizer_step, trl_ready)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +20,6 @@ def chat_rows():
     return read_jsonl(data_file("chat", "train"), "chat")
 
 
-def tiny_model(tokenizer, seed: int = 0) -> DogeForCausalLM:
-    torch.manual_seed(seed)
-    config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return randomize_(DogeForCausalLM(config), seed)
 
 
 def test_render_chat_matches_the_chat_template(tokenizer, chat_rows):
@@ -62,7 +50,7 @@ def test_pack_respects_length_and_keeps_every_example(tokenizer, chat_rows):
 
 def test_packed_loss_and_gradients_equal_unpacked(tokenizer, chat_rows):
     """Positions restart per conversation and attention stays inside it: packing changes nothing but speed."""
-    model = tiny_model(tokenizer)
+    model = tiny_model_for(tokenizer)
     examples = sft.sft_examples(tokenizer, chat_rows[:12])
     rows = sft.pack(examples, 160)
     assert any(len(row) > 1 for row in rows)
@@ -112,7 +100,7 @@ def trl_run(tokenizer, chat_rows, tmp_path_factory):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model = trl_ready(tiny_model(tokenizer))
+    model = trl_ready(tiny_model_for(tokenizer))
     initial = copy.deepcopy(model)
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in chat_rows[:16]])
     args = SFTConfig(
@@ -176,7 +164,7 @@ def test_step_normalises_by_tokens_of_the_whole_step(tokenizer, chat_rows):
     both = sft.collate_padded(examples[:8], 2)
     grads = []
     for micro in ([a, b], [both]):
-        model = tiny_model(tokenizer)
+        model = tiny_model_for(tokenizer)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         orig_step = opt.step
         captured = {}
