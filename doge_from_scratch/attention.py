@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import fused
 from .layers import RMSNorm, apply_rotary
 
 BACKENDS = ("auto", "materialised", "chunked")
@@ -87,6 +88,11 @@ def packed_sequence_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
     step = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1)
     ids = (step != 1).cumsum(-1)
     return ids if bool((ids[:, -1] > 0).any()) else None
+
+
+def has_empty_rows(allowed: torch.Tensor | None) -> bool:
+    """Whether some query may see no key at all (left padding). allowed: bool [B, 1, T, S] or None."""
+    return allowed is not None and not bool(allowed.any(dim=-1).all())
 
 
 def dynamic_bias(value_states: torch.Tensor, dt_proj: nn.Linear, A: torch.Tensor) -> torch.Tensor:
@@ -236,6 +242,7 @@ class DogeAttention(nn.Module):
         self.keep_window_size = config.keep_window_size
         self.attention_dropout = float(config.attention_dropout or 0.0)
         self.backend = "auto"
+        self.hand_written_backward = True  # see DogePreTrainedModel.set_attention_backend
         bias = config.attention_bias
         n_bias = self.num_heads if self.classic else self.num_kv_heads
 
@@ -258,6 +265,9 @@ class DogeAttention(nn.Module):
         if not self.classic:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
+        if self.hand_written_backward and fused.training(q, k, cos):
+            cos, sin_signed = cos.unsqueeze(1), fused.signed_sin(sin).unsqueeze(1)
+            return fused.rotary(q, cos, sin_signed), fused.rotary(k, cos, sin_signed), v
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
@@ -287,7 +297,13 @@ class DogeAttention(nn.Module):
         if allowed is None:
             allowed = causal_padding_mask(None, b, t, s, x.device)
         if self.backend == "auto" and not self.classic and s <= self.keep_window_size:
-            out = attend_fused(q, k, v, bias, None if not padded else allowed, self.scaling, dropout)
+            rows_allowed = None if not padded else allowed
+            if self.hand_written_backward and dropout == 0.0 and fused.training(q, k, v, bias) and not has_empty_rows(rows_allowed):
+                # explicit products with a hand-written backward: under autograd this beats SDPA's math
+                # kernel, which the extra bias column forces on a CPU anyway
+                out = fused.causal_attention(q, k, v, bias, rows_allowed, self.scaling)
+            else:
+                out = attend_fused(q, k, v, bias, rows_allowed, self.scaling, dropout)
         else:
             mask = dynamic_mask(bias, allowed, self.keep_window_size, x.dtype, classic=self.classic)
             if not self.classic:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import fused
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm: ``weight * x / sqrt(mean(x^2) + eps)``.
@@ -18,9 +20,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.variance_epsilon = eps
+        # False: autograd differentiates the formula op by op, as the reference does (bit-equal gradients)
+        self.hand_written_backward = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., H] -> [..., H]"""
+        if self.hand_written_backward and fused.training(x, self.weight):
+            return fused.rms_norm(x, self.weight, self.variance_epsilon)  # same forward, shorter backward
         dtype = x.dtype
         x32 = x.to(torch.float32)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from . import fused
 from .attention import BACKENDS, DogeAttention, causal_padding_mask, packed_sequence_ids
 from .config import DogeConfig
 from .layers import RMSNorm, RotaryEmbedding
@@ -82,12 +83,19 @@ class DogePreTrainedModel(PreTrainedModel):
 
     def set_attention_backend(self, backend: str) -> None:
         """``"auto"`` (fused SDPA where the math allows), ``"materialised"`` (the reference's way) or
-        ``"chunked"`` (fused up to the keep window, then the top-k mask a block of query rows at a time)."""
+        ``"chunked"`` (fused up to the keep window, then the top-k mask a block of query rows at a time).
+
+        ``"materialised"`` also turns off the hand-written backward passes of ``fused`` (RMSNorm, RoPE,
+        attention, LM head + loss): everything is then differentiated op by op as in the reference,
+        which gives its gradients to the last bit. The other backends train faster with them.
+        """
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
         for module in self.modules():
             if isinstance(module, DogeAttention):
                 module.backend = backend
+            if hasattr(module, "hand_written_backward"):
+                module.hand_written_backward = backend != "materialised"
 
     @classmethod
     def from_pretrained(cls, folder, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
@@ -183,6 +191,23 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batc
     return total / num_items_in_batch
 
 
+def fused_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None,
+                         ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """``causal_lm_loss(hidden @ weight^T, labels)`` and those logits, by ``fused.linear_cross_entropy``.
+
+    hidden: [B, T, H]; weight: [V, H]; labels: [B, T] -> (logits [B, T, V], loss []). The logits are
+    still returned (and differentiable), but the loss never goes through them: its gradient is formed
+    block by block in the forward pass instead of through a [B*T, V] log-softmax and its backward.
+    """
+    b, t, h = hidden.shape
+    targets = F.pad(labels, (0, 1), value=ignore_index)[:, 1:].to(hidden.device).reshape(-1)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(hidden.device)
+    loss, logits = fused.linear_cross_entropy(hidden.reshape(b * t, h), weight, targets, num_items_in_batch,
+                                              ignore_index)
+    return logits.view(b, t, -1), loss
+
+
 class DogeForCausalLM(DogePreTrainedModel):
     """DogeModel + a linear head to vocabulary logits (tied to the embedding when the config says so)."""
 
@@ -192,6 +217,7 @@ class DogeForCausalLM(DogePreTrainedModel):
         super().__init__(config)
         self.model = DogeModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.hand_written_backward = True  # see set_attention_backend
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -222,8 +248,12 @@ class DogeForCausalLM(DogePreTrainedModel):
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
-        loss = None if labels is None else causal_lm_loss(logits, labels, num_items_in_batch)
+        if (labels is not None and self.hand_written_backward and self.lm_head.bias is None
+                and fused.training(hidden, self.lm_head.weight)):
+            logits, loss = fused_causal_lm_loss(hidden, self.lm_head.weight, labels, num_items_in_batch)
+        else:
+            logits = self.lm_head(hidden)
+            loss = None if labels is None else causal_lm_loss(logits, labels, num_items_in_batch)
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
         aux_loss = None

@@ -1,0 +1,261 @@
+"""Hand-written backward passes for the training step's hot spots (the same numbers, fewer passes).
+
+On a CPU a small model's training step is dominated not by its matrix products but by dozens of
+element-wise passes over activations: every ``mul`` or ``add`` in the forward pass becomes one or two
+more in autograd's backward, and each saves a tensor. Each ``torch.autograd.Function`` here computes
+one block's gradient directly from the closed form, keeping fewer tensors and launching fewer passes:
+
+- ``rms_norm``: dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * weight.
+- ``scaled_residual``: r * x + h in one ``addcmul``.
+- ``rotary``: RoPE as x * cos + swap_halves(x) * signed_sin; its backward is the rotation by -angle.
+- ``causal_attention``: softmax(q k^T * scale + bias_s + mask) v with the dynamic bias added by the
+  score product itself, the grouped query heads stacked so no key/value is repeated, and the
+  softmax backward from the saved probabilities.
+- ``linear_cross_entropy``: LM head + next-token cross-entropy a block of rows at a time, with the
+  gradient (softmax - onehot) formed while the block is still in cache.
+
+None of them supports double backward (nothing in training needs it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+# linear_cross_entropy: rows per block are chosen so one [rows, V] block holds about this many numbers
+# (measured on 2 cores: 256-row blocks of a 32k vocabulary beat both much smaller ones, where the
+# [V, H] weight gradient is read and written once per block, and the whole batch at once)
+CE_BLOCK_ELEMENTS = 1 << 23
+CE_MIN_BLOCK_ROWS = 64
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True where the hand-written passes give the reference's numbers: float32 tensors, no autocast
+    (which would run their products in bfloat16 where the reference keeps parts in float32)."""
+    return (all(t.dtype == torch.float32 for t in tensors)
+            and not torch.is_autocast_enabled(tensors[0].device.type))
+
+
+def training(*tensors: torch.Tensor) -> bool:
+    """``usable`` and some input needs a gradient: the only case the autograd Functions pay off."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and usable(*tensors)
+
+
+# ---------------------------------------------------------------------------------------- RMSNorm
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        xhat = x * rstd
+        # xhat and rstd are all the backward needs; x itself is not kept
+        ctx.save_for_backward(xhat, rstd, weight)
+        return weight * xhat
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        xhat, rstd, weight = ctx.saved_tensors
+        g = dy * weight
+        # d/dx of x * rstd(x): rstd * (g - xhat * mean(g * xhat)), written as one addcmul
+        coef = (g * xhat).mean(-1, keepdim=True).mul_(rstd).neg_()
+        dx = torch.addcmul(g.mul_(rstd), xhat, coef)
+        dweight = (dy * xhat).reshape(-1, xhat.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        return dx, dweight, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim, float32 only. x: [..., H], weight: [H]."""
+    return _RMSNorm.apply(x, weight, eps)
+
+
+# -------------------------------------------------------------------------------- residual scale
+class _ScaledResidual(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scale: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale, x)
+        return torch.addcmul(h, scale, x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        scale, x = ctx.saved_tensors
+        dscale = (dy * x).reshape(-1, x.shape[-1]).sum(0) if ctx.needs_input_grad[0] else None
+        return dscale, dy * scale, dy  # the branch h gets dy itself, no copy
+
+
+def scaled_residual(scale: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """scale * x + h. scale: [H]; x, h: [..., H] -> [..., H]."""
+    return _ScaledResidual.apply(scale, x, h)
+
+
+# -------------------------------------------------------------------------------------- rotary
+def swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (x2, x1) over the last dimension; its own inverse and its own transpose."""
+    return x.roll(x.shape[-1] // 2, dims=-1)
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """(s, s) -> (-s, s), so that rotate_half(x) * sin == swap_halves(x) * signed_sin(sin). [..., d]"""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+class _Rotary(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin_signed)
+        return torch.addcmul(x * cos, swap_halves(x), sin_signed)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        cos, sin_signed = ctx.saved_tensors
+        # the transpose of a rotation is the rotation by -angle: swap_halves is symmetric
+        return (dy * cos).add_(swap_halves(dy * sin_signed)), None, None
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """RoPE (rotate-half convention). x: [B, heads, T, d]; cos, sin_signed: [B, 1, T, d]."""
+    return _Rotary.apply(x, cos, sin_signed)
+
+
+# ------------------------------------------------------------------------------------ attention
+# Query rows per block: keys after a block's last query are invisible to all of its rows, so blocks
+# skip them; with T / 64 blocks about 3/8 of a causal T x T product is never computed (T = 256).
+ATTENTION_BLOCK_ROWS = 64
+
+
+def query_blocks(q_len: int, kv_len: int, rows: int) -> list[tuple[int, int, int]]:
+    """(first row, end row, number of keys visible to the block) for queries at the last T of S positions."""
+    return [(start, min(q_len, start + rows), kv_len - q_len + min(q_len, start + rows))
+            for start in range(0, q_len, rows)]
+
+
+class _CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                blocked: torch.Tensor | None, scale: float, rows: int) -> torch.Tensor:
+        b, n_h, t, d = q.shape
+        n_kv, s = k.shape[1], k.shape[2]
+        groups = n_h // n_kv
+        # one product per KV head with its query heads stacked as rows: no repeated k or v
+        q_heads = q.reshape(b * n_kv, groups, t, d)
+        k_rows, v_rows = k.reshape(b * n_kv, s, d), v.reshape(b * n_kv, s, d)
+        bias_rows = bias.reshape(b * n_kv, 1, s)
+        out = q.new_empty(b * n_kv, groups, t, d)
+        q_blocks, probs = [], []
+        for start, stop, keys in query_blocks(t, s, rows):
+            q_block = q_heads[:, :, start:stop].reshape(b * n_kv, groups * (stop - start), d)
+            scores = torch.baddbmm(bias_rows[..., :keys], q_block, k_rows[:, :keys].transpose(1, 2), alpha=scale)
+            mask_block(scores.view(b, n_h, stop - start, keys), blocked, start, stop)
+            block_probs = torch.softmax(scores, dim=-1)
+            out[:, :, start:stop] = torch.bmm(block_probs, v_rows[:, :keys]).view(b * n_kv, groups, stop - start, d)
+            q_blocks.append(q_block)
+            probs.append(block_probs)
+        ctx.save_for_backward(k_rows, v_rows, *q_blocks, *probs)
+        ctx.scale, ctx.rows, ctx.shapes = scale, rows, (q.shape, k.shape, bias.shape)
+        return out.view(b, n_h, t, d)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout: torch.Tensor):
+        k_rows, v_rows, *saved = ctx.saved_tensors
+        (b, n_h, t, d), k_shape, bias_shape = ctx.shapes
+        s, n_blocks = k_rows.shape[1], len(saved) // 2
+        groups = n_h // k_shape[1]
+        dout = dout.reshape(k_rows.shape[0], groups, t, d)
+        dq = torch.empty_like(dout)
+        dk, dv = torch.zeros_like(k_rows), torch.zeros_like(v_rows)
+        dbias = k_rows.new_zeros(k_rows.shape[0], s)
+        for (start, stop, keys), q_block, probs in zip(query_blocks(t, s, ctx.rows), saved[:n_blocks], saved[n_blocks:]):
+            dout_block = dout[:, :, start:stop].reshape(q_block.shape)
+            dv[:, :keys].baddbmm_(probs.transpose(1, 2), dout_block)
+            dscores = torch._softmax_backward_data(torch.bmm(dout_block, v_rows[:, :keys].transpose(1, 2)), probs,
+                                                   -1, probs.dtype)
+            dbias[:, :keys] += dscores.sum(1)  # the bias of a key is added to every query row
+            dq[:, :, start:stop] = torch.bmm(dscores, k_rows[:, :keys]).view(-1, groups, stop - start, d)
+            dk[:, :keys].baddbmm_(dscores.transpose(1, 2), q_block, alpha=ctx.scale)
+        dq.mul_(ctx.scale)
+        return dq.view(b, n_h, t, d), dk.view(k_shape), dv.view(k_shape), dbias.view(bias_shape), None, None, None
+
+
+def mask_block(scores: torch.Tensor, blocked: torch.Tensor | None, start: int, stop: int) -> None:
+    """Put the dtype minimum where a query row may not look, in place (the reference's value, not -inf:
+    a row with no visible key then becomes uniform as there). scores: [B, n_h, rows, keys];
+    blocked: bool [B or 1, 1, T, S] or None (causal: only the block's last rows x rows keys need it)."""
+    neg = torch.finfo(scores.dtype).min
+    rows, keys = scores.shape[-2:]
+    if blocked is None:
+        upper = torch.ones(rows, rows, dtype=torch.bool, device=scores.device).triu_(1)
+        scores[..., keys - rows:].masked_fill_(upper, neg)
+    else:
+        scores.masked_fill_(blocked[:, :, start:stop, :keys], neg)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                     allowed: torch.Tensor | None, scale: float, rows: int = ATTENTION_BLOCK_ROWS) -> torch.Tensor:
+    """softmax(q k^T * scale + bias_s, masked) v, float32, no top-k (S <= keep window).
+
+    q: [B, n_h, T, d]; k, v: [B, n_kv, S, d]; bias: [B, n_kv, S];
+    allowed: bool [B, 1, T, S] (also causal), or None for plain causal attention over the last T of S positions.
+    -> [B, n_h, T, d]. Computed ``rows`` query rows at a time against only the keys they can see.
+    """
+    return _CausalAttention.apply(q, k, v, bias, None if allowed is None else ~allowed, scale, rows)
+
+
+# ----------------------------------------------------------------------- LM head + cross-entropy
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, divisor: torch.Tensor,
+                ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n, v = hidden.shape[0], weight.shape[0]
+        counted = targets != ignore_index
+        safe_targets = targets.masked_fill(~counted, 0).unsqueeze(1)
+        logits = hidden.new_empty(n, v)
+        nll = hidden.new_zeros(n)
+        dhidden, dweight = torch.empty_like(hidden), torch.zeros_like(weight)
+        inv = 1.0 / divisor
+        rows = max(CE_MIN_BLOCK_ROWS, CE_BLOCK_ELEMENTS // v)
+        for start in range(0, n, rows):
+            block = slice(start, min(n, start + rows))
+            block_logits = torch.mm(hidden[block], weight.t(), out=logits[block])
+            grad = torch.log_softmax(block_logits, dim=-1)
+            nll[block] = grad.gather(1, safe_targets[block]).squeeze(1).neg_()
+            # d nll / d logits = softmax - onehot, formed in place while the block is in cache
+            grad.exp_().scatter_add_(1, safe_targets[block], grad.new_full(safe_targets[block].shape, -1.0))
+            grad.masked_fill_(~counted[block, None], 0.0)
+            torch.mm(grad, weight, out=dhidden[block])
+            dweight.addmm_(grad.t(), hidden[block], alpha=inv)
+        dhidden.mul_(inv)
+        ctx.save_for_backward(hidden, weight, dhidden, dweight)
+        ctx.set_materialize_grads(False)
+        return nll.masked_fill_(~counted, 0.0).sum() * inv, logits
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dloss: torch.Tensor | None, dlogits: torch.Tensor | None):
+        hidden, weight, dhidden, dweight = ctx.saved_tensors
+        grad_hidden = grad_weight = None
+        if dloss is not None:
+            grad_hidden, grad_weight = dhidden * dloss, dweight * dloss
+        if dlogits is not None:  # the caller also used the logits (an extra loss on them)
+            extra_hidden, extra_weight = dlogits @ weight, dlogits.t() @ hidden
+            grad_hidden = extra_hidden if grad_hidden is None else grad_hidden + extra_hidden
+            grad_weight = extra_weight if grad_weight is None else grad_weight + extra_weight
+        return grad_hidden, grad_weight, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         divisor: torch.Tensor | float | None = None,
+                         ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of hidden @ weight^T against targets, the logits), float32.
+
+    hidden: [N, H]; weight: [V, H]; targets: [N] (``ignore_index`` = not counted) -> (loss [], logits [N, V]).
+    loss = summed token NLL / divisor, the divisor defaulting to the number of counted targets (a mean).
+    Gradients for hidden and weight are formed during the forward pass (under autograd only).
+    """
+    if divisor is None:
+        divisor = (targets != ignore_index).sum()
+    divisor = torch.as_tensor(divisor, dtype=hidden.dtype, device=hidden.device)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, divisor, ignore_index)

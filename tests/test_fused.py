@@ -1,0 +1,200 @@
+"""The hand-written backward passes of ``fused``: each against torch.autograd.gradcheck in float64 (its
+backward is the derivative of its forward) and against the plain formula differentiated by autograd in
+float32 (its forward is the formula the rest of the package uses)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from doge_from_scratch import DogeForCausalLM, fused
+from doge_from_scratch.attention import causal_padding_mask
+from doge_from_scratch.layers import rotate_half
+from doge_from_scratch.testing import randomize_, tiny_config
+
+TOL = 1e-5
+
+
+def draw(*shape, seed: int = 0, dtype=torch.float64, positive: bool = False) -> torch.Tensor:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return (x.abs() + 0.1 if positive else x).requires_grad_()
+
+
+def grads_of(fn, inputs: tuple[torch.Tensor, ...], seed: int = 99) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(output, d <output, random cotangent> / d input for every input)."""
+    out = fn(*inputs)
+    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    return out, list(torch.autograd.grad(out, inputs, cotangent))
+
+
+def assert_same_as_plain(fused_fn, plain_fn, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Same output and same input gradients (float32, relative to each tensor's largest entry)."""
+    inputs32 = tuple(x.detach().float().requires_grad_() for x in inputs)
+    out_f, grads_f = grads_of(fused_fn, inputs32)
+    out_p, grads_p = grads_of(plain_fn, inputs32)
+    for name, got, want in [("output", out_f, out_p)] + [(f"grad {i}", g, w) for i, (g, w) in
+                                                          enumerate(zip(grads_f, grads_p))]:
+        rel = ((got - want).abs().max() / want.abs().max()).item()
+        assert rel <= TOL, f"{name}: relative difference {rel:.2e}"
+
+
+# --------------------------------------------------------------------------------------- RMSNorm
+def plain_rms_norm(x, weight, eps=1e-6):
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def test_rms_norm_gradcheck():
+    x, w = draw(3, 5, 8), draw(8, seed=1)
+    assert torch.autograd.gradcheck(lambda x, w: fused.rms_norm(x, w, 1e-6), (x, w))
+
+
+def test_rms_norm_equals_plain_formula():
+    assert_same_as_plain(lambda x, w: fused.rms_norm(x, w, 1e-6), plain_rms_norm, (draw(4, 16, 32), draw(32, seed=1)))
+
+
+# ------------------------------------------------------------------------------ residual, rotary
+def test_scaled_residual_gradcheck_and_plain():
+    inputs = (draw(8), draw(2, 3, 8, seed=1), draw(2, 3, 8, seed=2))
+    assert torch.autograd.gradcheck(fused.scaled_residual, inputs)
+    assert_same_as_plain(fused.scaled_residual, lambda r, x, h: r * x + h, inputs)
+
+
+def rotary_inputs(dtype=torch.float64):
+    x = draw(2, 3, 5, 8, dtype=dtype)
+    angles = draw(2, 1, 5, 4, seed=1, dtype=dtype).detach() * 3
+    angles = torch.cat((angles, angles), dim=-1)  # RoPE's tables repeat their half
+    return x, angles.cos(), angles.sin()
+
+
+def test_rotary_gradcheck():
+    x, cos, sin = rotary_inputs()
+    assert torch.autograd.gradcheck(lambda x: fused.rotary(x, cos, fused.signed_sin(sin)), (x,))
+
+
+def test_rotary_equals_rotate_half_formula():
+    x, cos, sin = rotary_inputs()
+    assert_same_as_plain(lambda x: fused.rotary(x, cos.float(), fused.signed_sin(sin.float())),
+                         lambda x: x * cos.float() + rotate_half(x) * sin.float(), (x,))
+
+
+# ------------------------------------------------------------------------------------- attention
+def plain_attention(q, k, v, bias, allowed, scale):
+    """The definition: masked scores with the dtype minimum, softmax, values (k, v repeated per group)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v, bias = (x.repeat_interleave(groups, dim=1) for x in (k, v, bias))
+    scores = q @ k.transpose(-1, -2) * scale + bias[:, :, None, :]
+    return torch.softmax(scores.masked_fill(~allowed, torch.finfo(q.dtype).min), dim=-1) @ v
+
+
+ATTENTION_CASES = {
+    # name: (batch, query heads, KV heads, T, S, rows per block, pad the end of row 0)
+    "gqa-blocks": (2, 3, 1, 10, 10, 4, False),
+    "gqa-cached-keys": (2, 4, 2, 7, 12, 3, False),  # queries are the last 7 of 12 positions
+    "padded": (2, 4, 2, 9, 9, 4, True),
+    "one-block": (1, 2, 2, 5, 5, 64, False),
+}
+
+
+def attention_inputs(case: str, dtype=torch.float64):
+    b, n_h, n_kv, t, s, rows, pad = ATTENTION_CASES[case]
+    q, k, v = draw(b, n_h, t, 8, dtype=dtype), draw(b, n_kv, s, 8, seed=1, dtype=dtype), draw(b, n_kv, s, 8, seed=2,
+                                                                                             dtype=dtype)
+    bias = draw(b, n_kv, s, seed=3, dtype=dtype, positive=True)
+    attention_mask = torch.ones(b, s, dtype=torch.long)
+    if pad:
+        attention_mask[0, -2:] = 0
+    allowed = causal_padding_mask(attention_mask if pad else None, b, t, s, q.device)
+    return (q, k, v, bias), (None if not pad else allowed), allowed, rows
+
+
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+def test_attention_gradcheck(case):
+    inputs, allowed, _, rows = attention_inputs(case)
+    assert torch.autograd.gradcheck(lambda *x: fused.causal_attention(*x, allowed, 0.3, rows), inputs)
+
+
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+def test_attention_equals_plain_formula(case):
+    inputs, allowed, full_allowed, rows = attention_inputs(case)
+    assert_same_as_plain(lambda *x: fused.causal_attention(*x, allowed, 0.3, rows),
+                         lambda *x: plain_attention(*x, full_allowed, 0.3), inputs)
+
+
+# ----------------------------------------------------------------------- LM head + cross-entropy
+def ce_inputs(dtype=torch.float64, n=12, h=6, v=11):
+    hidden, weight = draw(n, h, dtype=dtype), draw(v, h, seed=1, dtype=dtype)
+    targets = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(2))
+    targets[[1, 7]] = -100
+    return hidden, weight, targets
+
+
+@pytest.mark.parametrize("block_rows", [5, 64])
+def test_linear_cross_entropy_gradcheck(block_rows, monkeypatch):
+    monkeypatch.setattr(fused, "CE_MIN_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(fused, "CE_BLOCK_ELEMENTS", 0)
+    hidden, weight, targets = ce_inputs()
+
+    def loss_plus_logits(hidden, weight):
+        loss, logits = fused.linear_cross_entropy(hidden, weight, targets, divisor=7.0)
+        return loss + (logits ** 2).sum() * 1e-2  # gradients reach the inputs through both outputs
+
+    assert torch.autograd.gradcheck(loss_plus_logits, (hidden, weight))
+
+
+@pytest.mark.parametrize("divisor", [None, 5.0])
+def test_linear_cross_entropy_equals_cross_entropy(divisor, monkeypatch):
+    monkeypatch.setattr(fused, "CE_MIN_BLOCK_ROWS", 5)  # several blocks, the last one short
+    monkeypatch.setattr(fused, "CE_BLOCK_ELEMENTS", 0)
+    hidden, weight, targets = (x.detach().float().requires_grad_() if x.is_floating_point() else x
+                               for x in ce_inputs())
+    loss, logits = fused.linear_cross_entropy(hidden, weight, targets, divisor)
+    expected_logits = hidden @ weight.t()
+    reduction = "mean" if divisor is None else "sum"
+    expected = F.cross_entropy(expected_logits, targets, reduction=reduction) / (divisor or 1.0)
+    assert (logits - expected_logits).abs().max() <= 1e-6
+    assert abs(loss.item() - expected.item()) <= TOL * abs(expected.item())
+    got = torch.autograd.grad(loss, (hidden, weight))
+    want = torch.autograd.grad(expected, (hidden, weight))
+    for g, w in zip(got, want):
+        assert (g - w).abs().max() <= TOL * w.abs().max()
+
+
+# ---------------------------------------------------------------------------------- whole model
+@pytest.mark.parametrize("overrides", [dict(), dict(tie_word_embeddings=True, num_key_value_heads=4)])
+def test_model_hand_written_backward_equals_autograd(overrides):
+    """The same model and batch with the hand-written passes on ("auto") and off ("materialised"):
+    same loss, same logits and the same gradient for every parameter; also with a padded row."""
+    config = tiny_config(**overrides)
+    torch.manual_seed(0)
+    model = randomize_(DogeForCausalLM(config).train(), 3)
+    ids = torch.randint(1, config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, -5:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    results = {}
+    for backend in ("auto", "materialised"):
+        model.set_attention_backend(backend)
+        model.zero_grad()
+        out = model(ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        results[backend] = (out.loss.detach(), out.logits.detach(),
+                            {n: p.grad.clone() for n, p in model.named_parameters()})
+    (loss_a, logits_a, grads_a), (loss_m, logits_m, grads_m) = results["auto"], results["materialised"]
+    assert abs(loss_a - loss_m) <= TOL * abs(loss_m)
+    assert (logits_a - logits_m).abs().max() <= TOL
+    for name, want in grads_m.items():
+        # A's gradient sums terms that cancel, so it has fewer correct digits (as in test_parity)
+        tol = 1e-4 if name.endswith(".A") else TOL
+        rel = ((grads_a[name] - want).abs().max() / want.abs().max()).item()
+        assert rel <= tol, f"{name}: relative difference {rel:.2e}"
+
+
+def test_model_num_items_in_batch_scales_the_fused_loss():
+    config = tiny_config()
+    model = randomize_(DogeForCausalLM(config).train(), 4)
+    ids = torch.randint(1, config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    mean_loss = model(ids, labels=ids).loss
+    summed = model(ids, labels=ids, num_items_in_batch=torch.tensor(7)).loss
+    counted = ids.shape[0] * (ids.shape[1] - 1)
+    assert torch.allclose(summed, mean_loss * counted / 7, rtol=1e-6)
