@@ -194,13 +194,14 @@ def mask_block(scores: torch.Tensor, blocked: torch.Tensor | None, start: int, s
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                     allowed: torch.Tensor | None, scale: float, rows: int = ATTENTION_BLOCK_ROWS) -> torch.Tensor:
+                     allowed: torch.Tensor | None, scale: float, rows: int | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + bias_s, masked) v, float32, no top-k (S <= keep window).
 
     q: [B, n_h, T, d]; k, v: [B, n_kv, S, d]; bias: [B, n_kv, S];
     allowed: bool [B, 1, T, S] (also causal), or None for plain causal attention over the last T of S positions.
-    -> [B, n_h, T, d]. Computed ``rows`` query rows at a time against only the keys they can see.
+    -> [B, n_h, T, d]. Computed ``rows`` query rows at a time (default ``ATTENTION_BLOCK_ROWS``) against only the keys they can see.
     """
+    rows = rows or ATTENTION_BLOCK_ROWS
     return _CausalAttention.apply(q, k, v, bias, None if allowed is None else ~allowed, scale, rows)
 
 
@@ -211,39 +212,59 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, v = hidden.shape[0], weight.shape[0]
         counted = targets != ignore_index
-        safe_targets = targets.masked_fill(~counted, 0).unsqueeze(1)
+        safe_targets = targets.masked_fill(~counted, 0)
         logits = hidden.new_empty(n, v)
-        nll = hidden.new_zeros(n)
+        nll = hidden.new_empty(n)
         dhidden, dweight = torch.empty_like(hidden), torch.zeros_like(weight)
         inv = 1.0 / divisor
         rows = max(CE_MIN_BLOCK_ROWS, CE_BLOCK_ELEMENTS // v)
+        exps = hidden.new_empty(min(rows, n), v)  # one scratch block for all blocks: big allocations fault pages
         for start in range(0, n, rows):
             block = slice(start, min(n, start + rows))
-            block_logits = torch.mm(hidden[block], weight.t(), out=logits[block])
-            grad = torch.log_softmax(block_logits, dim=-1)
-            nll[block] = grad.gather(1, safe_targets[block]).squeeze(1).neg_()
-            # d nll / d logits = softmax - onehot, formed in place while the block is in cache
-            grad.exp_().scatter_add_(1, safe_targets[block], grad.new_full(safe_targets[block].shape, -1.0))
-            grad.masked_fill_(~counted[block, None], 0.0)
-            torch.mm(grad, weight, out=dhidden[block])
-            dweight.addmm_(grad.t(), hidden[block], alpha=inv)
-        dhidden.mul_(inv)
-        ctx.save_for_backward(hidden, weight, dhidden, dweight)
+            nll[block], dhidden[block] = block_loss_and_grads(
+                hidden[block], weight, safe_targets[block], counted[block], inv, logits[block],
+                exps[:block.stop - block.start], dweight)
         ctx.set_materialize_grads(False)
-        return nll.masked_fill_(~counted, 0.0).sum() * inv, logits
+        ctx.save_for_backward(hidden, weight, dhidden.mul_(inv), dweight)
+        return nll.sum() * inv, logits
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dloss: torch.Tensor | None, dlogits: torch.Tensor | None):
-        hidden, weight, dhidden, dweight = ctx.saved_tensors
-        grad_hidden = grad_weight = None
-        if dloss is not None:
-            grad_hidden, grad_weight = dhidden * dloss, dweight * dloss
+        hidden, weight, grad_hidden, grad_weight = ctx.saved_tensors
+        if dloss is None:
+            grad_hidden = grad_weight = None
+        elif bool(dloss != 1):  # (a plain loss.backward() passes 1: the gradients as they are)
+            grad_hidden, grad_weight = grad_hidden * dloss, grad_weight * dloss
         if dlogits is not None:  # the caller also used the logits (an extra loss on them)
             extra_hidden, extra_weight = dlogits @ weight, dlogits.t() @ hidden
             grad_hidden = extra_hidden if grad_hidden is None else grad_hidden + extra_hidden
             grad_weight = extra_weight if grad_weight is None else grad_weight + extra_weight
         return grad_hidden, grad_weight, None, None, None
+
+
+def block_loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor,
+                         inv: torch.Tensor, logits: torch.Tensor, exps: torch.Tensor,
+                         dweight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block of rows: logits written into ``logits``, d(sum of NLL * inv) / d weight added to ``dweight``.
+
+    hidden: [N, H]; weight: [V, H]; targets, counted: [N]; logits, exps (scratch): [N, V]
+    -> (NLL [N], 0 where not counted; d(sum of NLL) / d hidden [N, H]).
+
+    d NLL / d logits = softmax - onehot. The softmax is never formed: with e = exp(logits - max) and
+    its row sums z, (e / z) @ W = (e @ W) / z, so the 1/z (and 0 for rows not counted) is applied to
+    the small [N, H] side of each product, and the onehot part is a gather / an index_add of rows.
+    """
+    torch.mm(hidden, weight.t(), out=logits)
+    row_max = logits.amax(dim=-1, keepdim=True)
+    torch.sub(logits, row_max, out=exps).exp_()
+    sums = exps.sum(dim=-1, keepdim=True)
+    nll = (sums.log() + row_max).squeeze(1) - logits.gather(1, targets[:, None]).squeeze(1)
+    weight_of_row = counted.to(hidden.dtype)[:, None]  # [N, 1]
+    dhidden = torch.mm(exps, weight).mul_(weight_of_row / sums).sub_(weight[targets] * weight_of_row)
+    dweight.addmm_(exps.t(), hidden * (weight_of_row / sums), alpha=inv)
+    dweight.index_add_(0, targets, hidden * weight_of_row, alpha=-inv)
+    return nll * weight_of_row.squeeze(1), dhidden
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
