@@ -6,7 +6,6 @@ more in autograd's backward, and each saves a tensor. Each ``torch.autograd.Func
 one block's gradient directly from the closed form, keeping fewer tensors and launching fewer passes:
 
 - ``rms_norm``: dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * weight.
-- ``scaled_residual``: r * x + h in one ``addcmul``.
 - ``rotary``: RoPE as x * cos + swap_halves(x) * signed_sin; its backward is the rotation by -angle.
 - ``causal_attention``: softmax(q k^T * scale + bias_s + mask) v with the dynamic bias added by the
   score product itself, the grouped query heads stacked so no key/value is repeated, and the
@@ -69,26 +68,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return _RMSNorm.apply(x, weight, eps)
 
 
-# -------------------------------------------------------------------------------- residual scale
-class _ScaledResidual(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, scale: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(scale, x)
-        return torch.addcmul(h, scale, x)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy: torch.Tensor):
-        scale, x = ctx.saved_tensors
-        dscale = (dy * x).reshape(-1, x.shape[-1]).sum(0) if ctx.needs_input_grad[0] else None
-        return dscale, dy * scale, dy  # the branch h gets dy itself, no copy
-
-
-def scaled_residual(scale: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """scale * x + h. scale: [H]; x, h: [..., H] -> [..., H]."""
-    return _ScaledResidual.apply(scale, x, h)
-
-
 # -------------------------------------------------------------------------------------- rotary
 def swap_halves(x: torch.Tensor) -> torch.Tensor:
     """(x1, x2) -> (x2, x1) over the last dimension; its own inverse and its own transpose."""
@@ -116,7 +95,8 @@ class _Rotary(torch.autograd.Function):
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """RoPE (rotate-half convention). x: [B, heads, T, d]; cos, sin_signed: [B, 1, T, d]."""
+    """RoPE (rotate-half convention). x: [B, heads, T, d] with cos, sin_signed: [B, 1, T, d], or
+    x: [B, T, heads, d] with cos, sin_signed: [B, T, 1, d]."""
     return _Rotary.apply(x, cos, sin_signed)
 
 
@@ -140,13 +120,13 @@ class _CausalAttention(torch.autograd.Function):
         n_kv, s = k.shape[1], k.shape[2]
         groups = n_h // n_kv
         # one product per KV head with its query heads stacked as rows: no repeated k or v
-        q_heads = q.reshape(b * n_kv, groups, t, d)
+        q_heads = q.unflatten(1, (n_kv, groups))  # a view, whatever q's memory layout
         k_rows, v_rows = k.reshape(b * n_kv, s, d), v.reshape(b * n_kv, s, d)
         bias_rows = bias.reshape(b * n_kv, 1, s)
         out = q.new_empty(b * n_kv, groups, t, d)
         q_blocks, probs = [], []
         for start, stop, keys in query_blocks(t, s, rows):
-            q_block = q_heads[:, :, start:stop].reshape(b * n_kv, groups * (stop - start), d)
+            q_block = q_heads[:, :, :, start:stop].reshape(b * n_kv, groups * (stop - start), d)
             scores = torch.baddbmm(bias_rows[..., :keys], q_block, k_rows[:, :keys].transpose(1, 2), alpha=scale)
             mask_block(scores.view(b, n_h, stop - start, keys), blocked, start, stop)
             block_probs = torch.softmax(scores, dim=-1)

@@ -53,13 +53,7 @@ def test_rms_norm_equals_plain_formula():
     assert_same_as_plain(lambda x, w: fused.rms_norm(x, w, 1e-6), plain_rms_norm, (draw(4, 16, 32), draw(32, seed=1)))
 
 
-# ------------------------------------------------------------------------------ residual, rotary
-def test_scaled_residual_gradcheck_and_plain():
-    inputs = (draw(8), draw(2, 3, 8, seed=1), draw(2, 3, 8, seed=2))
-    assert torch.autograd.gradcheck(fused.scaled_residual, inputs)
-    assert_same_as_plain(fused.scaled_residual, lambda r, x, h: r * x + h, inputs)
-
-
+# ---------------------------------------------------------------------------------------- rotary
 def rotary_inputs(dtype=torch.float64):
     x = draw(2, 3, 5, 8, dtype=dtype)
     angles = draw(2, 1, 5, 4, seed=1, dtype=dtype).detach() * 3
