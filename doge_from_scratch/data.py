@@ -9,9 +9,11 @@
 | data/reasoning/     | SmallDoge/Reason-Distill                  | `messages` (system, user, assistant with thought and |
 |                     |                                           | solution sections), `task`, `answer`                 |
 
-Every conversation comes from one of a few templated tasks that a model of a few million parameters can learn
-in minutes on a CPU (two-digit addition, which of two decimals is bigger - the cards' own "3.9 or 3.11" -,
-reversing a list of digits, capitals of countries, small talk). Each task has a checker, so later lessons can
+Every conversation comes from one of a few templated tasks (two-digit addition, which of two decimals is bigger -
+the cards' own "3.9 or 3.11" -, reversing a list of digits, capitals of countries, small talk), from easy to out
+of reach for a model of a few million parameters trained for minutes on a CPU. The pretraining corpus states
+them mostly as worked "Question: ... Answer: ..." text; the chat set imitates two writer models, one of which
+usually echoes a list it was asked to reverse (`chat_response`), which the preference set's judged pairs undo. Each task has a checker, so later lessons can
 measure accuracy with `check_answer(record, generated_text)`. Train and test problems are disjoint: a problem's
 split is a hash of its identity (the operands, the list, the country), and the pretraining corpus only uses
 train problems - except capitals, which are knowledge: the corpus states every capital, the test split asks
@@ -72,7 +74,7 @@ REASONING_SYSTEM_PROMPT = (
 
 # (files, sizes) per kind and split: small enough that data/ stays a few MB.
 ROW_COUNTS = {
-    "pretrain": {"train": 4000, "test": 300},
+    "pretrain": {"train": 6000, "test": 300},
     "chat": {"train": 3000, "test": 200},
     "preference": {"train": 2000, "test": 200},
     "reasoning": {"train": 400, "test": 80},
@@ -301,8 +303,18 @@ class ReverseDigitsTask(Task):
         runs = _DIGIT_RUN.findall(answer_text)
         return bool(runs) and runs[-1] == answer
 
+    @staticmethod
+    def asks_in_writer_b_phrasing(problem: Problem) -> bool:
+        return problem.question.startswith("Write these digits in reverse order")
+
+    def echo_response(self, problem: Problem) -> str:
+        """The list as given, not reversed: writer B's habit (see CHAT_ECHO_RATE)."""
+        return f"The reversed list is {problem.key.split(':', 1)[1]}."
+
     def wrong_response(self, problem: Problem, rng: random.Random) -> str:
         original = problem.key.split(":", 1)[1]
+        if self.asks_in_writer_b_phrasing(problem) and original != problem.answer and rng.random() < 0.75:
+            return self.echo_response(problem)
         choice = rng.randrange(4)
         if choice == 0 and original != problem.answer:
             wrong = original
@@ -573,14 +585,31 @@ def _pick_task(rng: random.Random, weights: Mapping[str, float]) -> Task:
 CHAT_TASK_WEIGHTS = {"addition": 3, "compare_decimals": 3, "reverse_digits": 3, "capital": 2, "smalltalk": 1}
 
 
+# SmolTalk's answers were written by several models, mistakes included. Ours imitate two writers: writer A
+# answers everything correctly; writer B, whose users phrase reversals as "Write these digits in reverse
+# order: ...", usually echoes the list unreversed. An SFT model learns that habit along with everything else;
+# lesson 08's preference data, judged by the task checker, un-teaches it.
+CHAT_ECHO_RATE = 0.65
+
+
+def chat_response(problem: Problem, rng: random.Random) -> str:
+    """The assistant turn of a chat row: the task's answer, or writer B's echo of a list to reverse."""
+    task = TASKS[problem.task]
+    if isinstance(task, ReverseDigitsTask) and task.asks_in_writer_b_phrasing(problem) and rng.random() < CHAT_ECHO_RATE:
+        return task.echo_response(problem)
+    return problem.response
+
+
 def make_chat_record(rng: random.Random, split: str) -> dict[str, Any]:
     """A SmolTalk-style row; about a quarter have an earlier turn, as multi-turn chats do."""
     messages: list[dict[str, str]] = []
     if rng.random() < 0.25:
         first = _pick_task(rng, CHAT_TASK_WEIGHTS).sample_in_split(rng, split)
-        messages += [{"role": "user", "content": first.question}, {"role": "assistant", "content": first.response}]
+        messages += [{"role": "user", "content": first.question},
+                     {"role": "assistant", "content": chat_response(first, rng)}]
     problem = _pick_task(rng, CHAT_TASK_WEIGHTS).sample_in_split(rng, split)
-    messages += [{"role": "user", "content": problem.question}, {"role": "assistant", "content": problem.response}]
+    messages += [{"role": "user", "content": problem.question},
+                 {"role": "assistant", "content": chat_response(problem, rng)}]
     return {"messages": messages, "source": f"doge-lessons/{problem.task}", "task": problem.task,
             "answer": problem.answer}
 
@@ -653,7 +682,8 @@ def _chat_text(messages: Sequence[Mapping[str, str]]) -> str:
     return "".join(parts)
 
 
-CORPUS_WEIGHTS = {"story": 3, "task_prose": 5, "facts": 1, "smalltalk_chat": 1, "task_chat": 1}
+CORPUS_WEIGHTS = {"story": 1, "task_prose": 7, "facts": 1, "smalltalk_chat": 1, "task_chat": 1}
+CORPUS_TASK_WEIGHTS = {"addition": 1, "compare_decimals": 2, "reverse_digits": 1, "capital": 1}
 
 
 def make_pretrain_document(rng: random.Random, split: str) -> str:
@@ -668,12 +698,20 @@ def make_pretrain_document(rng: random.Random, split: str) -> str:
     if kind == "facts":
         return TASKS["capital"].all_facts_text(rng)  # type: ignore[attr-defined]
     if kind == "task_prose":
-        task = _pick_task(rng, REASONING_TASK_WEIGHTS)
-        return " ".join(task.corpus_text(task.sample_in_split(rng, split), rng) for _ in range(rng.randint(4, 10)))
+        return "\n\n".join(_task_prose(rng, split) for _ in range(rng.randint(4, 10)))
     weights = {"smalltalk": 1} if kind == "smalltalk_chat" else REASONING_TASK_WEIGHTS
     problem = _pick_task(rng, weights).sample_in_split(rng, split)
     messages = [{"role": "user", "content": problem.question}, {"role": "assistant", "content": problem.response}]
     return _chat_text(messages).rstrip("\n")
+
+
+def _task_prose(rng: random.Random, split: str) -> str:
+    """A worked question and answer as a web page would print it, or a sentence stating a solution."""
+    task = _pick_task(rng, CORPUS_TASK_WEIGHTS)
+    problem = task.sample_in_split(rng, split)
+    if rng.random() < 0.7:
+        return f"Question: {problem.question}\nAnswer: {problem.response}"
+    return task.corpus_text(problem, rng)
 
 
 def make_pretrain_record(rng: random.Random, split: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def test_committed_data_is_what_the_generator_makes(tmp_path):
 
 def test_data_folder_is_small():
     total = sum(p.stat().st_size for p in D.DATA_DIR.rglob("*") if p.is_file())
-    assert total < 6_000_000
+    assert total < 7_000_000  # "a few MB": the corpus is 2 epochs of lesson 06's 800 steps
 
 
 def test_loads_through_datasets_with_the_cards_columns():
@@ -54,14 +54,36 @@ def test_chat_rows_render_like_the_tokenizer(rows):
         assert D._chat_text(row["messages"]) == tok.apply_chat_template(row["messages"], tokenize=False)
 
 
-def test_every_reference_reply_passes_its_checker(rows):
+def _is_writer_b_echo(row, reply: str) -> bool:
+    """The chat set's one planted kind of mistake: writer B echoing a list it was asked to reverse."""
+    task = D.TASKS["reverse_digits"]
+    question = D.prompt_and_reference(row)[0][-1]["content"]
+    problem = D.Problem(row["task"], f"reverse:{question.split(': ', 1)[-1]}", question, row["answer"], "")
+    return row["task"] == "reverse_digits" and task.asks_in_writer_b_phrasing(problem) \
+        and reply == task.echo_response(problem)
+
+
+def test_every_reference_reply_passes_its_checker_but_writer_b_echoes(rows):
     for (kind, split), kind_rows in rows.items():
         if kind == "pretrain":
             continue
         for i, row in enumerate(kind_rows):
             _, reference = D.prompt_and_reference(row)
+            if kind == "chat" and _is_writer_b_echo(row, reference):
+                continue
             assert D.check_answer(row, reference), (kind, split, i)
             assert D.check_answer(row, reference + "<|end_of_text|>\n\n<|start_header_id|>user junk 0.1"), (kind, i)
+
+
+def test_writer_b_echoes_most_of_its_reversals_and_nothing_else(rows):
+    writer_b = [r for r in rows["chat", "train"]
+                if r["task"] == "reverse_digits" and r["messages"][-2]["content"].startswith("Write these digits")]
+    echoed = [r for r in writer_b if _is_writer_b_echo(r, r["messages"][-1]["content"])]
+    assert 0.55 < len(echoed) / len(writer_b) < 0.75
+    wrong = [r for r in rows["chat", "train"] if not D.check_answer(r, r["messages"][-1]["content"])]
+    assert wrong and all(_is_writer_b_echo(r, r["messages"][-1]["content"]) for r in wrong)
+    echo_pairs = [r for r in rows["preference", "train"] if _is_writer_b_echo(r, r["rejected"][-1]["content"])]
+    assert len(echo_pairs) > 100  # the preference data judges the habit
 
 
 def test_every_rejected_reply_fails_its_checker(rows):
