@@ -72,9 +72,9 @@ class PretrainConfig:
     seed: int = 0
     seq_len: int = 256
     micro_batch_size: int = 8
-    grad_accum_steps: int = 2
-    max_steps: int = 160
-    peak_lr: float = 4e-3
+    grad_accum_steps: int = 1
+    max_steps: int = 800
+    peak_lr: float = 2e-3
     warmup_ratio: float = 0.1
     decay_ratio: float = 0.2
     decay_type: str = "cosine"
@@ -84,8 +84,8 @@ class PretrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     bf16: bool = False
-    eval_every: int = 40
-    checkpoint_every: int = 40
+    eval_every: int = 100
+    checkpoint_every: int = 200
     keep_checkpoints: int = 2
     num_threads: int = 2
     max_train_docs: int | None = None
