@@ -54,9 +54,14 @@ named on a Doge model card:
 | `data/preference/` | `HuggingFaceH4/ultrafeedback_binarized` (DPO) | `prompt`, `chosen`, `rejected` as message lists (+ scores) |
 | `data/reasoning/` | `SmallDoge/Reason-Distill` | `messages` with thought and solution sections |
 
-The conversations come from a handful of tasks a model of a few million parameters can learn in minutes on a
-CPU - two-digit addition, *which of two decimals is bigger* (the cards' own "3.9 or 3.11" question), reversing
-a list of digits, capitals of countries, and small talk. Train and test problems never overlap.
+The conversations come from a handful of tasks with checkable answers - two-digit addition, *which of two
+decimals is bigger* (the cards' own "3.9 or 3.11" question), reversing a list of digits, capitals of countries,
+and small talk. They range from easy to out of reach for a model of a few million parameters trained for minutes
+on a CPU: it learns the formats and reversals, is about at chance on comparisons, and does not learn sums or
+capitals it was never asked about - so the lessons can show what each training stage changes, and what it does
+not. Train and test problems never overlap. Like real synthetic chat data, the chat set is not flawless: one of
+its two imitated writer models usually echoes a list it was asked to reverse (lessons 07 and 08 follow what
+that does).
 """),
 code("""
 # NBVAL_CHECK_OUTPUT

@@ -8,14 +8,14 @@ md("""
 
 The Doge models start as next-token predictors trained on a large text corpus; everything later (SFT, DPO,
 reasoning distillation) fine-tunes that pretrained network. This lesson writes the pretraining loop from
-scratch and runs it, scaled down so that it finishes in a minute or two on two CPU cores.
+scratch and runs it, scaled down so that it finishes in about four minutes on two CPU cores.
 
 The small-doge recipe, and what we keep of it:
 
 | | small-doge (Doge-20M) | this lesson |
 |---|---|---|
 | optimizer | AdamW, betas (0.9, 0.95), eps 1e-8, weight decay 0.01 | same |
-| schedule | warmup-stable-decay, peak LR 8e-3 | same shape, peak 4e-3 |
+| schedule | warmup-stable-decay, peak LR 8e-3 | same shape, peak 2e-3 |
 | gradient clipping | 1.0 | 1.0 |
 | precision | bfloat16 | float32 (bfloat16 autocast is a switch) |
 | context | 2048 tokens | 256 tokens |
@@ -55,8 +55,9 @@ print(cfg)
 md("""
 ## 1. Packing documents into rows
 
-The corpus (`data/pretrain/`, see lesson 00) is a list of short documents: stories, sentences about sums,
-decimals, lists and capitals, and a share of chat transcripts in Doge's format. Padding each document to a
+The corpus (`data/pretrain/`, see lesson 00) is a list of short documents: mostly worked questions and answers
+("Question: ... Answer: ...", the way worked examples appear on the web) about sums, decimals, lists and
+capitals, plus stories, facts and a small share of chat transcripts in Doge's format. Padding each document to a
 fixed length would waste most of the compute, so we **pack**: wrap every document as
 `<|begin_of_text|> text <|end_of_text|>`, concatenate them all, and cut the stream into rows of `seq_len`
 tokens. Every position is a real token; the model learns that a new document starts after an
@@ -230,15 +231,20 @@ plt.tight_layout()
 plt.show()
 """),
 md("""
-The loss falls fast: most of the corpus is templated, so once the model has learnt the templates only the
-genuinely unpredictable parts (which numbers, which names) remain. In long runs the decay phase of WSD
-gives a clearly visible extra drop; in a run this short it only flattens the end of the curve.
+The loss falls fast at first: most of the corpus is templated, so once the model has learnt the templates
+only the genuinely unpredictable parts (which numbers, which names) remain. Then it sits on a plateau: the
+model still writes *some* digits where an answer goes. The next drop comes when it learns to **copy** digits
+from the question into the answer (attention heads that find "the digit that came k places before"), which
+every task here needs; at this size and learning rate that takes a few hundred steps, which is why the run
+is 800 steps long. We found the moment it happens to vary from run to run (seed, data order, learning rate):
+a model stopped too early has learnt the formats but answers nothing. The decay phase of WSD gives the last
+drop.
 
 ## 7. After training
 """),
 code("""
 model = result.model.eval()
-for prompt in ["Once upon a time,", "The capital of France is", "To compare 4.7 and 4.25,"]:
+for prompt in ["Once upon a time,", "The capital of France is", "Question: Reverse the list: 3 1 4 1 5\\nAnswer:"]:
     print(P.sample_text(model, tok, prompt, max_new_tokens=40), "\\n")
 for question in ["Hi, how are you doing today?", "What is 23 + 45?", "Which number is bigger, 3.9 or 3.11?"]:
     print(question, "->", P.chat_reply(model, tok, [{"role": "user", "content": question}], max_new_tokens=30))

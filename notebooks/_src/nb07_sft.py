@@ -314,6 +314,29 @@ print("\\nper task (SFT):", {k: f"{v:.0%}" for k, v in after["per_task"].items()
 for row, reply in list(zip(held_out, after["replies"]))[:4]:
     print(f"  Q: {row['messages'][-2]['content']!r}\\n  A: {reply!r}")
 """),
+md("""
+**SFT copies its data's habits too.** Our SmolTalk stand-in imitates answers written by two models (see
+`data.chat_response`): writer A answers correctly; writer B, whose users phrase reversals as "Write these
+digits in reverse order: ...", echoes the list unreversed about two times in three - the kind of flaw real
+synthetic chat data has. Split the reversal questions by phrasing:
+"""),
+code("""
+from doge_from_scratch.data import TASKS
+
+def reversal_accuracy_by_phrasing(result):
+    by_phrasing = {}
+    for row, ok in zip(held_out, result["correct"]):
+        if row["task"] == "reverse_digits":
+            writer_b = row["messages"][-2]["content"].startswith("Write these digits in reverse order")
+            by_phrasing.setdefault("writer B's phrasing" if writer_b else "writer A's phrasing", []).append(ok)
+    return {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_phrasing.items())}
+
+print("reversals right, SFT model:", reversal_accuracy_by_phrasing(after))
+"""),
+md("""
+The model learnt writer B's habit along with everything else. Lesson 08 shows what preference data judged by
+the task's checker does about it.
+"""),
 code("""
 from doge_from_scratch.sft import save_stage
 
@@ -344,6 +367,11 @@ micro-batches each of its optimizer steps consumed, and replay them through our 
 One numerical detail mattered: our per-token NLL is `logsumexp(logits) - logit[target]`, which is what TRL's
 fused head accumulates. `F.cross_entropy` over a `[B, V, T]` layout was ~50x less accurate in float32 on CPU
 (3.7e-6 relative on a step's loss, measured against float64) - enough to fail a 1e-6 comparison.
+
+The comparison runs at a quarter of the lesson's learning rate. At the full 4e-3 on 4-conversation steps the
+third step's update makes the loss jump (0.6 to 3.0 on this slice), and a jump like that amplifies the last-bit
+differences between any two float32 implementations (the two forward passes are not computed in the same order)
+into a few 1e-6 by the next step. The algorithm compared is the same at any rate.
 """),
 code("""
 import tempfile
@@ -358,7 +386,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 trl_model = trl_ready(copy.deepcopy(pretrained))
 ours_model = copy.deepcopy(pretrained)
 args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                 max_steps=4, learning_rate=settings.lr, lr_scheduler_type="cosine_with_min_lr",
+                 max_steps=4, learning_rate=settings.lr / 4, lr_scheduler_type="cosine_with_min_lr",
                  lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=0.1, weight_decay=0.01,
                  adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, packing=True,
                  max_length=MAX_LEN, assistant_only_loss=True, seed=0, bf16=False, gradient_checkpointing=False,
@@ -376,7 +404,7 @@ trainer.training_step = recording_step
 trainer.train()
 trl_logs = [h for h in trainer.state.log_history if "grad_norm" in h]
 
-optimizer = make_optimizer(ours_model, settings.lr, 0.01, (0.9, 0.95), 1e-8)
+optimizer = make_optimizer(ours_model, args.learning_rate, 0.01, (0.9, 0.95), 1e-8)
 scheduler = make_scheduler(optimizer, len(trl_logs), warmup=0.1, min_lr_rate=0.1)
 print(f"{'step':>4}{'TRL loss':>14}{'our loss':>14}{'rel diff':>10}{'TRL |g|':>12}{'our |g|':>12}{'rel diff':>10}")
 worst = 0.0
@@ -413,8 +441,8 @@ with torch.no_grad():
     ours_sum, ours_n, _ = sft.sft_summed_loss(pretrained, batch)
     assert torch.allclose(ours_sum, summed_nll(pretrained, batch)[0], rtol=1e-6) and ours_n == summed_nll(pretrained, batch)[1]
 assert all(abs(package_schedule(s, 10, 100) - cosine_with_min_lr(s, 10, 100)) < 1e-12 for s in range(101))
-assert after["format"] > before["format"] and after["accuracy"] > before["accuracy"]
-print("doge_from_scratch.sft matches the notebook; SFT improved format and accuracy on held-out prompts")
+assert after["format"] >= max(before["format"], 0.9) and after["accuracy"] > before["accuracy"]
+print("doge_from_scratch.sft matches the notebook; SFT keeps the chat format and improves accuracy on held-out prompts")
 """),
 ]
 

@@ -219,6 +219,27 @@ print(f"DPO preferred by the checker on {wins} prompts, SFT on {losses}, tie on 
 print("per task SFT:", {k: f"{v:.0%}" for k, v in sft_eval["per_task"].items()})
 print("per task DPO:", {k: f"{v:.0%}" for k, v in dpo_eval["per_task"].items()})
 """),
+md("""
+Where do the wins come from? Lesson 07's SFT model picked up writer B's habit of echoing a list instead of
+reversing it when the question says "Write these digits in reverse order". The preference data was judged by
+the task's checker, so its rejected answers include exactly those echoes. Reversal prompts, split by phrasing:
+"""),
+code("""
+from doge_from_scratch.data import prompt_and_reference
+
+
+def reversals_by_phrasing(result):
+    by_phrasing = {}
+    for row, ok in zip(prompts, result["correct"]):
+        if row["task"] == "reverse_digits":
+            question = prompt_and_reference(row)[0][-1]["content"]
+            key = "writer B's phrasing" if question.startswith("Write these digits") else "writer A's phrasing"
+            by_phrasing.setdefault(key, []).append(ok)
+    return {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_phrasing.items())}
+
+print("SFT:", reversals_by_phrasing(sft_eval))
+print("DPO:", reversals_by_phrasing(dpo_eval))
+"""),
 code("""
 from doge_from_scratch.sft import ARTIFACTS, save_stage
 

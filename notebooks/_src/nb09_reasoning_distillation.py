@@ -239,7 +239,7 @@ code("""
 from doge_from_scratch.data import is_well_formed_reasoning, prompt_and_reference
 from doge_from_scratch.generation import chat_reply
 
-questions = test_rows[:12]
+questions = test_rows[:24]
 
 def score(model):
     strict, lenient, formed, per_task = [], [], [], {}
