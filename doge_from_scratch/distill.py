@@ -139,14 +139,23 @@ def trace_metrics(model, tokenizer, records: Sequence[Mapping[str, Any]], batch_
         count += int(trained.sum())
         correct += int(hit.sum())
         for row in range(len(chunk)):
-            ids = batch["input_ids"][row, 1:]
-            where = (ids == begin).nonzero()
-            solution = trained[row].clone()
-            if len(where):
-                solution[: int(where[0])] = False
-            exact += bool(len(where)) and bool(hit[row][solution].all())
+            solution = solution_mask(targets[row], trained[row], begin)
+            exact += bool(solution.any()) and bool(hit[row][solution].all())
     return {"nll": nll_sum / max(count, 1), "token_accuracy": correct / max(count, 1),
             "solution_exact": exact / max(len(examples), 1)}
+
+
+def solution_mask(targets: torch.Tensor, trained: torch.Tensor, begin_id: int) -> torch.Tensor:
+    """The trained positions from the reply's ``<|begin_of_solution|>`` on (all False if it has none).
+
+    targets, trained: [T]. Only a trained tag counts: the card's system prompt names the tags too, and a span
+    starting there would cover the whole thought.
+    """
+    starts = ((targets == begin_id) & trained).nonzero()
+    mask = torch.zeros_like(trained)
+    if len(starts):
+        mask[int(starts[0]):] = trained[int(starts[0]):]
+    return mask
 
 
 def collate_padded_examples(examples, pad_token_id: int):

@@ -88,3 +88,19 @@ def test_logit_distillation_objective_counts_assistant_tokens():
     by_hand = sum(float(jsd[b, t]) for b in range(jsd.shape[0]) for t in range(jsd.shape[1] - 1)
                   if batch["labels"][b, t + 1] != -100)
     assert float(total) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_solution_span_starts_at_the_replys_tag_not_the_system_prompts():
+    tok = load_tokenizer()
+    record = read_jsonl(data_file("reasoning", "test"), "reasoning")[0]
+    example = sft.sft_examples(tok, [record])[0]
+    targets = torch.tensor(example["labels"][1:])
+    trained = targets != -100
+    begin = tok.convert_tokens_to_ids("<|begin_of_solution|>")
+    ids = torch.tensor(example["input_ids"][1:])
+    assert int((ids == begin).sum()) == 2  # the card's system prompt names the tag; the reply uses it
+    span = targets[distill.solution_mask(targets, trained, begin)].tolist()
+    reply = record["messages"][-1]["content"]
+    solution = "<|begin_of_solution|>" + reply.split("<|begin_of_solution|>", 1)[1]
+    assert tok.decode(span) == solution + "<|end_of_text|>"
+    assert not distill.solution_mask(targets, torch.zeros_like(trained), begin).any()
