@@ -413,12 +413,14 @@ def pretrain(cfg: PretrainConfig | None = None, tokenizer=None, checkpoint_dir: 
         state.val_history.append({"step": 0, "val_loss": evaluate(state.model, val_rows, bf16=cfg.bf16)})
     end = cfg.max_steps if stop_after is None else min(stop_after, cfg.max_steps)
     start_step, started = state.step, time.perf_counter()
-    bar = tqdm(range(state.step, end), desc="pretraining", disable=not progress, initial=0)
+    # At most one redraw a second: in a notebook every redraw is a kernel message, and a burst of thousands
+    # overflows the kernel's message queue (nbval then waits for output that was dropped).
+    bar = tqdm(range(state.step, end), desc="pretraining", disable=not progress, initial=0, mininterval=1.0)
     for _ in bar:
         entry = train_step(state, train_rows, schedule, cfg)
         if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
             state.val_history.append({"step": state.step, "val_loss": evaluate(state.model, val_rows, bf16=cfg.bf16)})
-        bar.set_postfix(loss=f"{entry['loss']:.3f}", val=f"{state.val_history[-1]['val_loss']:.3f}",
+        bar.set_postfix(refresh=False, loss=f"{entry['loss']:.3f}", val=f"{state.val_history[-1]['val_loss']:.3f}",
                         lr=f"{entry['lr']:.2e}")
         if checkpoint_dir is not None and (state.step % cfg.checkpoint_every == 0 or state.step == end):
             save_checkpoint(state, cfg, checkpoint_dir)

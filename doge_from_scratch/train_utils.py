@@ -181,11 +181,11 @@ def train(model: nn.Module, steps: Iterable[Sequence[dict[str, torch.Tensor]]], 
     from tqdm.auto import tqdm
 
     history = []
-    bar = tqdm(steps, total=total, desc=desc, disable=not progress or rank() != 0)
+    bar = tqdm(steps, total=total, desc=desc, disable=not progress or rank() != 0, mininterval=1.0)
     for i, micro_batches in enumerate(bar):
         log = optimizer_step(model, micro_batches, summed_loss, optimizer, scheduler, max_grad_norm, step=i + 1)
         history.append(log)
-        bar.set_postfix(loss=f"{log.loss:.3f}")
+        bar.set_postfix(refresh=False, loss=f"{log.loss:.3f}")
     return history
 
 
