@@ -298,7 +298,8 @@ class DogeAttention(nn.Module):
             allowed = causal_padding_mask(None, b, t, s, x.device)
         if self.backend == "auto" and not self.classic and s <= self.keep_window_size:
             rows_allowed = None if not padded else allowed
-            if self.hand_written_backward and dropout == 0.0 and fused.training(q, k, v, bias) and not has_empty_rows(rows_allowed):
+            fast_backward = self.hand_written_backward and dropout == 0.0 and fused.training(q, k, v, bias)
+            if fast_backward and not has_empty_rows(rows_allowed):
                 # explicit products with a hand-written backward: under autograd this beats SDPA's math
                 # kernel, which the extra bias column forces on a CPU anyway
                 out = fused.causal_attention(q, k, v, bias, rows_allowed, self.scaling)

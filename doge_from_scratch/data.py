@@ -13,8 +13,8 @@ Every conversation comes from one of a few templated tasks (two-digit addition, 
 the cards' own "3.9 or 3.11" -, reversing a list of digits, capitals of countries, small talk), from easy to out
 of reach for a model of a few million parameters trained for minutes on a CPU. The pretraining corpus states
 them mostly as worked "Question: ... Answer: ..." text; the chat set imitates two writer models, one of which
-usually echoes a list it was asked to reverse (`chat_response`), which the preference set's judged pairs undo. Each task has a checker, so later lessons can
-measure accuracy with `check_answer(record, generated_text)`. Train and test problems are disjoint: a problem's
+usually echoes a list it was asked to reverse (`chat_response`), which the preference set's judged pairs undo.
+Each task has a checker, so later lessons can measure accuracy with `check_answer(record, generated_text)`. Train and test problems are disjoint: a problem's
 split is a hash of its identity (the operands, the list, the country), and the pretraining corpus only uses
 train problems - except capitals, which are knowledge: the corpus states every capital, the test split asks
 about countries that the chat training data never asks about.
@@ -595,7 +595,8 @@ CHAT_ECHO_RATE = 0.65
 def chat_response(problem: Problem, rng: random.Random) -> str:
     """The assistant turn of a chat row: the task's answer, or writer B's echo of a list to reverse."""
     task = TASKS[problem.task]
-    if isinstance(task, ReverseDigitsTask) and task.asks_in_writer_b_phrasing(problem) and rng.random() < CHAT_ECHO_RATE:
+    writer_b = isinstance(task, ReverseDigitsTask) and task.asks_in_writer_b_phrasing(problem)
+    if writer_b and rng.random() < CHAT_ECHO_RATE:
         return task.echo_response(problem)
     return problem.response
 
