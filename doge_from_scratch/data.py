@@ -278,9 +278,17 @@ class CompareDecimalsTask(Task):
         return rng.choice([f"{problem.answer} is bigger than {small}.", f"{small} is smaller than {problem.answer}."])
 
 
+# The phrasing of reversal questions whose chat answers come from writer B (see CHAT_ECHO_RATE).
+WRITER_B_REVERSAL = "Write these digits in reverse order"
+
+
+def asks_in_writer_b_phrasing(question: str) -> bool:
+    return question.startswith(WRITER_B_REVERSAL)
+
+
 class ReverseDigitsTask(Task):
     name = "reverse_digits"
-    _questions = ("Reverse the list: {items}", "Write these digits in reverse order: {items}")
+    _questions = ("Reverse the list: {items}", WRITER_B_REVERSAL + ": {items}")
 
     def sample(self, rng: random.Random) -> Problem:
         digits = [str(rng.randint(0, 9)) for _ in range(rng.randint(3, 6))]
@@ -303,17 +311,13 @@ class ReverseDigitsTask(Task):
         runs = _DIGIT_RUN.findall(answer_text)
         return bool(runs) and runs[-1] == answer
 
-    @staticmethod
-    def asks_in_writer_b_phrasing(problem: Problem) -> bool:
-        return problem.question.startswith("Write these digits in reverse order")
-
     def echo_response(self, problem: Problem) -> str:
         """The list as given, not reversed: writer B's habit (see CHAT_ECHO_RATE)."""
         return f"The reversed list is {problem.key.split(':', 1)[1]}."
 
     def wrong_response(self, problem: Problem, rng: random.Random) -> str:
         original = problem.key.split(":", 1)[1]
-        if self.asks_in_writer_b_phrasing(problem) and original != problem.answer and rng.random() < 0.75:
+        if asks_in_writer_b_phrasing(problem.question) and original != problem.answer and rng.random() < 0.75:
             return self.echo_response(problem)
         choice = rng.randrange(4)
         if choice == 0 and original != problem.answer:
@@ -551,6 +555,17 @@ def check_answer(record: Mapping[str, Any], generated_text: str) -> bool:
     return task.check(text, record["answer"])
 
 
+def reversals_right_by_phrasing(records: Sequence[Mapping[str, Any]], correct: Sequence[bool]) -> dict[str, str]:
+    """"right/asked" for the reversal questions among `records`, split by writer A's and writer B's phrasing."""
+    by_phrasing: dict[str, list[bool]] = {}
+    for record, ok in zip(records, correct):
+        if record.get("task") == "reverse_digits":
+            question = prompt_and_reference(record)[0][-1]["content"]
+            writer = "B" if asks_in_writer_b_phrasing(question) else "A"
+            by_phrasing.setdefault(f"writer {writer}'s phrasing", []).append(ok)
+    return {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_phrasing.items())}
+
+
 def prompt_and_reference(record: Mapping[str, Any]) -> tuple[list[dict[str, str]], str]:
     """Split a chat/reasoning/preference record into (messages to prompt with, reference reply text)."""
     if "chosen" in record:  # preference row (UltraFeedback's also has `messages`, a copy of the chosen chat)
@@ -595,7 +610,7 @@ CHAT_ECHO_RATE = 0.65
 def chat_response(problem: Problem, rng: random.Random) -> str:
     """The assistant turn of a chat row: the task's answer, or writer B's echo of a list to reverse."""
     task = TASKS[problem.task]
-    writer_b = isinstance(task, ReverseDigitsTask) and task.asks_in_writer_b_phrasing(problem)
+    writer_b = isinstance(task, ReverseDigitsTask) and asks_in_writer_b_phrasing(problem.question)
     if writer_b and rng.random() < CHAT_ECHO_RATE:
         return task.echo_response(problem)
     return problem.response

@@ -59,7 +59,7 @@ def _is_writer_b_echo(row, reply: str) -> bool:
     task = D.TASKS["reverse_digits"]
     question = D.prompt_and_reference(row)[0][-1]["content"]
     problem = D.Problem(row["task"], f"reverse:{question.split(': ', 1)[-1]}", question, row["answer"], "")
-    return row["task"] == "reverse_digits" and task.asks_in_writer_b_phrasing(problem) \
+    return row["task"] == "reverse_digits" and D.asks_in_writer_b_phrasing(question) \
         and reply == task.echo_response(problem)
 
 
@@ -77,7 +77,7 @@ def test_every_reference_reply_passes_its_checker_but_writer_b_echoes(rows):
 
 def test_writer_b_echoes_most_of_its_reversals_and_nothing_else(rows):
     writer_b = [r for r in rows["chat", "train"]
-                if r["task"] == "reverse_digits" and r["messages"][-2]["content"].startswith("Write these digits")]
+                if r["task"] == "reverse_digits" and D.asks_in_writer_b_phrasing(r["messages"][-2]["content"])]
     echoed = [r for r in writer_b if _is_writer_b_echo(r, r["messages"][-1]["content"])]
     assert 0.55 < len(echoed) / len(writer_b) < 0.75
     wrong = [r for r in rows["chat", "train"] if not D.check_answer(r, r["messages"][-1]["content"])]

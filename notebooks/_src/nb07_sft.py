@@ -321,17 +321,9 @@ digits in reverse order: ...", echoes the list unreversed about two times in thr
 synthetic chat data has. Split the reversal questions by phrasing:
 """),
 code("""
-from doge_from_scratch.data import TASKS
+from doge_from_scratch.data import reversals_right_by_phrasing
 
-def reversal_accuracy_by_phrasing(result):
-    by_phrasing = {}
-    for row, ok in zip(held_out, result["correct"]):
-        if row["task"] == "reverse_digits":
-            writer_b = row["messages"][-2]["content"].startswith("Write these digits in reverse order")
-            by_phrasing.setdefault("writer B's phrasing" if writer_b else "writer A's phrasing", []).append(ok)
-    return {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_phrasing.items())}
-
-print("reversals right, SFT model:", reversal_accuracy_by_phrasing(after))
+print("reversals right, SFT model:", reversals_right_by_phrasing(held_out, after["correct"]))
 """),
 md("""
 The model learnt writer B's habit along with everything else. Lesson 08 shows what preference data judged by

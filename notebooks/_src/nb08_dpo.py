@@ -225,20 +225,10 @@ reversing it when the question says "Write these digits in reverse order". The p
 the task's checker, so its rejected answers include exactly those echoes. Reversal prompts, split by phrasing:
 """),
 code("""
-from doge_from_scratch.data import prompt_and_reference
+from doge_from_scratch.data import reversals_right_by_phrasing
 
-
-def reversals_by_phrasing(result):
-    by_phrasing = {}
-    for row, ok in zip(prompts, result["correct"]):
-        if row["task"] == "reverse_digits":
-            question = prompt_and_reference(row)[0][-1]["content"]
-            key = "writer B's phrasing" if question.startswith("Write these digits") else "writer A's phrasing"
-            by_phrasing.setdefault(key, []).append(ok)
-    return {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_phrasing.items())}
-
-print("SFT:", reversals_by_phrasing(sft_eval))
-print("DPO:", reversals_by_phrasing(dpo_eval))
+print("SFT:", reversals_right_by_phrasing(prompts, sft_eval["correct"]))
+print("DPO:", reversals_right_by_phrasing(prompts, dpo_eval["correct"]))
 """),
 code("""
 from doge_from_scratch.sft import ARTIFACTS, save_stage
