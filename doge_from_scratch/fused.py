@@ -101,7 +101,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torc
 
 
 # ------------------------------------------------------------------------------------ attention
-# Query rows per block: keys after a block's last query are invisible to all of its rows, so blocks
+# Query positions per block: keys after a block's last query are invisible to all of its rows, so blocks
 # skip them; with T / 64 blocks about 3/8 of a causal T x T product is never computed (T = 256).
 ATTENTION_BLOCK_ROWS = 64
 
@@ -112,6 +112,23 @@ def query_blocks(q_len: int, kv_len: int, rows: int) -> list[tuple[int, int, int
             for start in range(0, q_len, rows)]
 
 
+def score_rows(x: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """[B, n_h, T, d] -> [B * n_kv, T * groups, d]: for each KV head, its query heads' rows ordered by
+    (position, head), so that a block of positions is one band of consecutive rows.
+
+    A free view when x is laid out [B, T, n_h, d] in memory (as the projections make it) and n_kv = 1;
+    otherwise one copy.
+    """
+    b, n_h, t, d = x.shape
+    return x.unflatten(1, (n_kv, n_h // n_kv)).transpose(2, 3).reshape(b * n_kv, -1, d)
+
+
+def heads_from_rows(rows: torch.Tensor, b: int, n_kv: int, t: int) -> torch.Tensor:
+    """The inverse of ``score_rows``: [B * n_kv, T * groups, d] -> [B, n_h, T, d] (a view where it can be)."""
+    groups, d = rows.shape[1] // t, rows.shape[2]
+    return rows.view(b, n_kv, t, groups, d).transpose(2, 3).reshape(b, n_kv * groups, t, d)
+
+
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
@@ -120,57 +137,58 @@ class _CausalAttention(torch.autograd.Function):
         n_kv, s = k.shape[1], k.shape[2]
         groups = n_h // n_kv
         # one product per KV head with its query heads stacked as rows: no repeated k or v
-        q_heads = q.unflatten(1, (n_kv, groups))  # a view, whatever q's memory layout
+        q_rows = score_rows(q, n_kv)
         k_rows, v_rows = k.reshape(b * n_kv, s, d), v.reshape(b * n_kv, s, d)
         bias_rows = bias.reshape(b * n_kv, 1, s)
-        out = q.new_empty(b * n_kv, groups, t, d)
-        q_blocks, probs = [], []
+        outs, probs = [], []
         for start, stop, keys in query_blocks(t, s, rows):
-            q_block = q_heads[:, :, :, start:stop].reshape(b * n_kv, groups * (stop - start), d)
-            scores = torch.baddbmm(bias_rows[..., :keys], q_block, k_rows[:, :keys].transpose(1, 2), alpha=scale)
-            mask_block(scores.view(b, n_h, stop - start, keys), blocked, start, stop)
-            block_probs = torch.softmax(scores, dim=-1)
-            out[:, :, start:stop] = torch.bmm(block_probs, v_rows[:, :keys]).view(b * n_kv, groups, stop - start, d)
-            q_blocks.append(q_block)
-            probs.append(block_probs)
-        ctx.save_for_backward(k_rows, v_rows, *q_blocks, *probs)
+            # every product writes a fresh tensor: the batched BLAS path wants a contiguous result
+            # (into a slice of a larger one PyTorch loops over the batch, several times slower)
+            scores = torch.baddbmm(bias_rows[..., :keys], q_rows[:, start * groups:stop * groups],
+                                   k_rows[:, :keys].transpose(1, 2), alpha=scale)
+            mask_block(scores.view(b, n_kv, stop - start, groups, keys), blocked, start, stop)
+            probs.append(torch.softmax(scores, dim=-1))
+            outs.append(torch.bmm(probs[-1], v_rows[:, :keys]))
+        ctx.save_for_backward(q_rows, k_rows, v_rows, *probs)
         ctx.scale, ctx.rows, ctx.shapes = scale, rows, (q.shape, k.shape, bias.shape)
-        return out.view(b, n_h, t, d)
+        return heads_from_rows(torch.cat(outs, dim=1), b, n_kv, t)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout: torch.Tensor):
-        k_rows, v_rows, *saved = ctx.saved_tensors
+        q_rows, k_rows, v_rows, *probs = ctx.saved_tensors
         (b, n_h, t, d), k_shape, bias_shape = ctx.shapes
-        s, n_blocks = k_rows.shape[1], len(saved) // 2
-        groups = n_h // k_shape[1]
-        dout = dout.reshape(k_rows.shape[0], groups, t, d)
-        dq = torch.empty_like(dout)
+        n_kv, s = k_shape[1], k_shape[2]
+        groups = n_h // n_kv
+        dout_rows = score_rows(dout, n_kv)
+        k_scaled = k_rows * ctx.scale  # d scores / d q = scale * k: scale the small side once
+        dq_blocks = []
         dk, dv = torch.zeros_like(k_rows), torch.zeros_like(v_rows)
         dbias = k_rows.new_zeros(k_rows.shape[0], s)
-        for (start, stop, keys), q_block, probs in zip(query_blocks(t, s, ctx.rows), saved[:n_blocks], saved[n_blocks:]):
-            dout_block = dout[:, :, start:stop].reshape(q_block.shape)
-            dv[:, :keys].baddbmm_(probs.transpose(1, 2), dout_block)
-            dscores = torch._softmax_backward_data(torch.bmm(dout_block, v_rows[:, :keys].transpose(1, 2)), probs,
-                                                   -1, probs.dtype)
+        for (start, stop, keys), block_probs in zip(query_blocks(t, s, ctx.rows), probs):
+            band = slice(start * groups, stop * groups)
+            dout_band = dout_rows[:, band]
+            dv[:, :keys] += torch.bmm(block_probs.transpose(1, 2), dout_band)
+            dscores = torch._softmax_backward_data(torch.bmm(dout_band, v_rows[:, :keys].transpose(1, 2)),
+                                                   block_probs, -1, block_probs.dtype)
             dbias[:, :keys] += dscores.sum(1)  # the bias of a key is added to every query row
-            dq[:, :, start:stop] = torch.bmm(dscores, k_rows[:, :keys]).view(-1, groups, stop - start, d)
-            dk[:, :keys].baddbmm_(dscores.transpose(1, 2), q_block, alpha=ctx.scale)
-        dq.mul_(ctx.scale)
-        return dq.view(b, n_h, t, d), dk.view(k_shape), dv.view(k_shape), dbias.view(bias_shape), None, None, None
+            dq_blocks.append(torch.bmm(dscores, k_scaled[:, :keys]))
+            dk[:, :keys] += torch.bmm(dscores.transpose(1, 2), q_rows[:, band])
+        dq = heads_from_rows(torch.cat(dq_blocks, dim=1), b, n_kv, t)
+        return dq, dk.mul_(ctx.scale).view(k_shape), dv.view(k_shape), dbias.view(bias_shape), None, None, None
 
 
 def mask_block(scores: torch.Tensor, blocked: torch.Tensor | None, start: int, stop: int) -> None:
     """Put the dtype minimum where a query row may not look, in place (the reference's value, not -inf:
-    a row with no visible key then becomes uniform as there). scores: [B, n_h, rows, keys];
+    a row with no visible key then becomes uniform as there). scores: [B, n_kv, rows, groups, keys];
     blocked: bool [B or 1, 1, T, S] or None (causal: only the block's last rows x rows keys need it)."""
     neg = torch.finfo(scores.dtype).min
-    rows, keys = scores.shape[-2:]
+    rows, keys = scores.shape[2], scores.shape[-1]
     if blocked is None:
         upper = torch.ones(rows, rows, dtype=torch.bool, device=scores.device).triu_(1)
-        scores[..., keys - rows:].masked_fill_(upper, neg)
+        scores[..., keys - rows:].masked_fill_(upper[:, None, :], neg)
     else:
-        scores.masked_fill_(blocked[:, :, start:stop, :keys], neg)
+        scores.masked_fill_(blocked[:, :, start:stop, None, :keys], neg)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
