@@ -18,6 +18,8 @@ None of them supports double backward (nothing in training needs it).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -129,6 +131,18 @@ def heads_from_rows(rows: torch.Tensor, b: int, n_kv: int, t: int) -> torch.Tens
     return rows.view(b, n_kv, t, groups, d).transpose(2, 3).reshape(b, n_kv * groups, t, d)
 
 
+@functools.lru_cache(maxsize=4)
+def causal_score_mask(q_len: int, kv_len: int, groups: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """0 where a score row's query may see the key, the dtype minimum where it may not, for rows ordered as
+    by ``score_rows`` and queries at the last T of S positions. -> [T * groups, S]
+
+    Cached: a training run asks for the same shape in every layer and every step.
+    """
+    query_pos = torch.arange(kv_len - q_len, kv_len, device=device).repeat_interleave(groups)
+    hidden = torch.arange(kv_len, device=device)[None, :] > query_pos[:, None]
+    return torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden, torch.finfo(dtype).min)
+
+
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
@@ -140,13 +154,23 @@ class _CausalAttention(torch.autograd.Function):
         q_rows = score_rows(q, n_kv)
         k_rows, v_rows = k.reshape(b * n_kv, s, d), v.reshape(b * n_kv, s, d)
         bias_rows = bias.reshape(b * n_kv, 1, s)
+        causal_mask = causal_score_mask(t, s, groups, q.dtype, q.device) if blocked is None else None
         outs, probs = [], []
         for start, stop, keys in query_blocks(t, s, rows):
+            band = slice(start * groups, stop * groups)
             # every product writes a fresh tensor: the batched BLAS path wants a contiguous result
             # (into a slice of a larger one PyTorch loops over the batch, several times slower)
-            scores = torch.baddbmm(bias_rows[..., :keys], q_rows[:, start * groups:stop * groups],
-                                   k_rows[:, :keys].transpose(1, 2), alpha=scale)
-            mask_block(scores.view(b, n_kv, stop - start, groups, keys), blocked, start, stop)
+            if causal_mask is None:
+                scores = torch.baddbmm(bias_rows[..., :keys], q_rows[:, band], k_rows[:, :keys].transpose(1, 2),
+                                       alpha=scale)
+                # the reference's value, not -inf: a row with no visible key then becomes uniform as there
+                scores.view(b, n_kv, stop - start, groups, keys).masked_fill_(
+                    blocked[:, :, start:stop, None, :keys], torch.finfo(scores.dtype).min)
+            else:
+                # bias and mask in one addend: min + bias rounds to min, so hidden scores are the
+                # reference's dtype minimum exactly, with no masking pass over the scores
+                scores = torch.add(bias_rows[..., :keys], causal_mask[band, :keys])
+                scores.baddbmm_(q_rows[:, band], k_rows[:, :keys].transpose(1, 2), alpha=scale)
             probs.append(torch.softmax(scores, dim=-1))
             outs.append(torch.bmm(probs[-1], v_rows[:, :keys]))
         ctx.save_for_backward(q_rows, k_rows, v_rows, *probs)
@@ -176,19 +200,6 @@ class _CausalAttention(torch.autograd.Function):
             dk[:, :keys] += torch.bmm(dscores.transpose(1, 2), q_rows[:, band])
         dq = heads_from_rows(torch.cat(dq_blocks, dim=1), b, n_kv, t)
         return dq, dk.mul_(ctx.scale).view(k_shape), dv.view(k_shape), dbias.view(bias_shape), None, None, None
-
-
-def mask_block(scores: torch.Tensor, blocked: torch.Tensor | None, start: int, stop: int) -> None:
-    """Put the dtype minimum where a query row may not look, in place (the reference's value, not -inf:
-    a row with no visible key then becomes uniform as there). scores: [B, n_kv, rows, groups, keys];
-    blocked: bool [B or 1, 1, T, S] or None (causal: only the block's last rows x rows keys need it)."""
-    neg = torch.finfo(scores.dtype).min
-    rows, keys = scores.shape[2], scores.shape[-1]
-    if blocked is None:
-        upper = torch.ones(rows, rows, dtype=torch.bool, device=scores.device).triu_(1)
-        scores[..., keys - rows:].masked_fill_(upper[:, None, :], neg)
-    else:
-        scores.masked_fill_(blocked[:, :, start:stop, None, :keys], neg)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
