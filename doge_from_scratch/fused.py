@@ -51,17 +51,18 @@ class _RMSNorm(torch.autograd.Function):
         xhat = x * rstd
         # xhat and rstd are all the backward needs; x itself is not kept
         ctx.save_for_backward(xhat, rstd, weight)
-        return weight * xhat
+        return xhat * weight
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
         xhat, rstd, weight = ctx.saved_tensors
-        g = dy * weight
-        # d/dx of x * rstd(x): rstd * (g - xhat * mean(g * xhat)), written as one addcmul
-        coef = (g * xhat).mean(-1, keepdim=True).mul_(rstd).neg_()
-        dx = torch.addcmul(g.mul_(rstd), xhat, coef)
-        dweight = (dy * xhat).reshape(-1, xhat.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        dy_xhat = dy * xhat
+        dweight = dy_xhat.reshape(-1, xhat.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        # dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * weight; the mean is a matrix-vector
+        # product of dy * xhat (needed for dweight anyway) with the weight
+        coef = (dy_xhat @ weight).unsqueeze(-1).mul_(rstd).div_(-xhat.shape[-1])
+        dx = torch.addcmul((dy * weight).mul_(rstd), xhat, coef)
         return dx, dweight, None
 
 
