@@ -6,7 +6,8 @@ more in autograd's backward, and each saves a tensor. Each ``torch.autograd.Func
 one block's gradient directly from the closed form, keeping fewer tensors and launching fewer passes:
 
 - ``rms_norm``: dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * weight.
-- ``rotary``: RoPE as x * cos + swap_halves(x) * signed_sin; its backward is the rotation by -angle.
+- ``rotary``: RoPE written half by half into one output (no rotated copy); its backward is the
+  rotation by -angle.
 - ``causal_attention``: softmax(q k^T * scale + bias_s + mask) v with the dynamic bias added by the
   score product itself, the grouped query heads stacked so no key/value is repeated, and the
   softmax backward from the saved probabilities.
@@ -72,35 +73,39 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------- rotary
-def swap_halves(x: torch.Tensor) -> torch.Tensor:
-    """(x1, x2) -> (x2, x1) over the last dimension; its own inverse and its own transpose."""
-    return x.roll(x.shape[-1] // 2, dims=-1)
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """Each (x1_i, x2_i) pair of the two halves of the last dimension turned by its angle:
+    (x1 c1 - x2 s1, x2 c2 + x1 s2), which is x * cos + rotate_half(x) * sin; with ``transpose`` the
+    turn back, (x1 c1 + x2 s2, x2 c2 - x1 s1). [..., d] -> [..., d]
 
-
-def signed_sin(sin: torch.Tensor) -> torch.Tensor:
-    """(s, s) -> (-s, s), so that rotate_half(x) * sin == swap_halves(x) * signed_sin(sin). [..., d]"""
-    half = sin.shape[-1] // 2
-    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    Each half of a fresh output is written in place: no rotated copy of x, no concatenation.
+    """
+    (x1, x2), (c1, c2), (s1, s2) = x.chunk(2, dim=-1), cos.chunk(2, dim=-1), sin.chunk(2, dim=-1)
+    out = torch.empty_like(x)
+    out1, out2 = out.chunk(2, dim=-1)
+    torch.mul(x1, c1, out=out1).addcmul_(x2, s2 if transpose else s1, value=1 if transpose else -1)
+    torch.mul(x2, c2, out=out2).addcmul_(x1, s1 if transpose else s2, value=-1 if transpose else 1)
+    return out
 
 
 class _Rotary(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(cos, sin_signed)
-        return torch.addcmul(x * cos, swap_halves(x), sin_signed)
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return rotate_pairs(x, cos, sin)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
-        cos, sin_signed = ctx.saved_tensors
-        # the transpose of a rotation is the rotation by -angle: swap_halves is symmetric
-        return (dy * cos).add_(swap_halves(dy * sin_signed)), None, None
+        cos, sin = ctx.saved_tensors
+        # a rotation is linear: its gradient is the transposed rotation (by -angle) of dy
+        return rotate_pairs(dy, cos, sin, transpose=True), None, None
 
 
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """RoPE (rotate-half convention). x: [B, heads, T, d] with cos, sin_signed: [B, 1, T, d], or
-    x: [B, T, heads, d] with cos, sin_signed: [B, T, 1, d]."""
-    return _Rotary.apply(x, cos, sin_signed)
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE (rotate-half convention), x * cos + rotate_half(x) * sin. x: [B, heads, T, d] with cos, sin:
+    [B, 1, T, d], or x: [B, T, heads, d] with cos, sin: [B, T, 1, d]."""
+    return _Rotary.apply(x, cos, sin)
 
 
 # ------------------------------------------------------------------------------------ attention

@@ -54,22 +54,34 @@ def test_rms_norm_equals_plain_formula():
 
 
 # ---------------------------------------------------------------------------------------- rotary
-def rotary_inputs(dtype=torch.float64):
+def rotary_inputs(dtype=torch.float64, repeat_halves: bool = True):
     x = draw(2, 3, 5, 8, dtype=dtype)
     angles = draw(2, 1, 5, 4, seed=1, dtype=dtype).detach() * 3
-    angles = torch.cat((angles, angles), dim=-1)  # RoPE's tables repeat their half
+    # RoPE's tables repeat their half; the passes must not rely on it (each half uses its own table)
+    second = angles if repeat_halves else draw(2, 1, 5, 4, seed=2, dtype=dtype).detach() * 3
+    angles = torch.cat((angles, second), dim=-1)
     return x, angles.cos(), angles.sin()
 
 
-def test_rotary_gradcheck():
-    x, cos, sin = rotary_inputs()
-    assert torch.autograd.gradcheck(lambda x: fused.rotary(x, cos, fused.signed_sin(sin)), (x,))
+@pytest.mark.parametrize("repeat_halves", [True, False])
+def test_rotary_gradcheck(repeat_halves):
+    x, cos, sin = rotary_inputs(repeat_halves=repeat_halves)
+    assert torch.autograd.gradcheck(lambda x: fused.rotary(x, cos, sin), (x,))
 
 
 def test_rotary_equals_rotate_half_formula():
     x, cos, sin = rotary_inputs()
-    assert_same_as_plain(lambda x: fused.rotary(x, cos.float(), fused.signed_sin(sin.float())),
+    assert_same_as_plain(lambda x: fused.rotary(x, cos.float(), sin.float()),
                          lambda x: x * cos.float() + rotate_half(x) * sin.float(), (x,))
+
+
+def test_rotary_in_the_projections_layout():
+    """A [B, T, heads, d] tensor seen as [B, heads, T, d] (as the projections make it): same numbers, same layout."""
+    x, cos, sin = rotary_inputs(repeat_halves=False)
+    x = x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    assert_same_as_plain(lambda x: fused.rotary(x, cos.float(), sin.float()),
+                         lambda x: x * cos.float() + rotate_half(x) * sin.float(), (x,))
+    assert fused.rotary(x, cos, sin).stride() == x.stride()
 
 
 # ------------------------------------------------------------------------------------- attention
