@@ -167,7 +167,8 @@ def test_linear_cross_entropy_equals_cross_entropy(divisor, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- whole model
-@pytest.mark.parametrize("overrides", [dict(), dict(tie_word_embeddings=True, num_key_value_heads=4)])
+@pytest.mark.parametrize("overrides", [dict(), dict(tie_word_embeddings=True, num_key_value_heads=4),
+                                       dict(num_key_value_heads=1, attention_bias=True)])
 def test_model_hand_written_backward_equals_autograd(overrides):
     """The same model and batch with the hand-written passes on ("auto") and off ("materialised"):
     same loss, same logits and the same gradient for every parameter; also with a padded row."""
