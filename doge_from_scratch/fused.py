@@ -83,8 +83,12 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, transpos
     (x1, x2), (c1, c2), (s1, s2) = x.chunk(2, dim=-1), cos.chunk(2, dim=-1), sin.chunk(2, dim=-1)
     out = torch.empty_like(x)
     out1, out2 = out.chunk(2, dim=-1)
-    torch.mul(x1, c1, out=out1).addcmul_(x2, s2 if transpose else s1, value=1 if transpose else -1)
-    torch.mul(x2, c2, out=out2).addcmul_(x1, s1 if transpose else s2, value=-1 if transpose else 1)
+    if transpose:
+        torch.mul(x1, c1, out=out1).addcmul_(x2, s2)
+        torch.mul(x2, c2, out=out2).addcmul_(x1, s1, value=-1)
+    else:
+        torch.mul(x1, c1, out=out1).addcmul_(x2, s1, value=-1)
+        torch.mul(x2, c2, out=out2).addcmul_(x1, s2)
     return out
 
 
@@ -111,6 +115,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 # ------------------------------------------------------------------------------------ attention
 # Query positions per block: keys after a block's last query are invisible to all of its rows, so blocks
 # skip them; with T / 64 blocks about 3/8 of a causal T x T product is never computed (T = 256).
+# Measured on 2 cores, T = 256, head_dim 64 and 128: 64 beats 32 (more, smaller products) and 128 / one block.
 ATTENTION_BLOCK_ROWS = 64
 
 
