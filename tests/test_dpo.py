@@ -61,7 +61,7 @@ def test_losses_by_formula():
         dpo.dpo_loss(c, r, rc, rr, loss_type="kto")
 
 
-def run_trl_dpo(tokenizer, rows, loss_type: str, tmp_path):
+def run_trl_dpo(tokenizer, rows, loss_type: str, tmp_path, sft_weight: float = 0.0):
     """TRL's DPOTrainer for STEPS optimizer steps; returns its logs, the batches it used and the models."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -77,7 +77,8 @@ def run_trl_dpo(tokenizer, rows, loss_type: str, tmp_path):
     args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=PAIRS, gradient_accumulation_steps=1,
                      max_steps=STEPS, learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0,
                      adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, beta=0.1,
-                     loss_type=[loss_type], seed=0, bf16=False, fp16=False, gradient_checkpointing=False,
+                     loss_type=[loss_type, "sft"] if sft_weight else [loss_type],
+                     loss_weights=[1.0, sft_weight] if sft_weight else None, seed=0, bf16=False, fp16=False, gradient_checkpointing=False,
                      use_cpu=True, report_to="none", router_aux_loss_coef=0.0, logging_steps=1, save_strategy="no",
                      disable_tqdm=True, dataloader_num_workers=0)
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -95,13 +96,13 @@ def run_trl_dpo(tokenizer, rows, loss_type: str, tmp_path):
     return logs, [steps[i] for i in sorted(steps)], initial, model, copy.deepcopy(ref)
 
 
-@pytest.mark.parametrize("loss_type", dpo.LOSS_TYPES)
-def test_loss_and_metrics_equal_trl(tokenizer, pref_rows, loss_type, tmp_path):
+@pytest.mark.parametrize("loss_type, sft_weight", [(t, 0.0) for t in dpo.LOSS_TYPES] + [("sigmoid", 0.7)])
+def test_loss_and_metrics_equal_trl(tokenizer, pref_rows, loss_type, sft_weight, tmp_path):
     """Step 1 (same weights, same batch): equal to 1e-6. Step 2 follows one Adam update, whose first step is
     lr * sign(g) for every tiny gradient entry, so float32 round-off can flip a few entries: looser there."""
-    logs, steps, model, _, ref = run_trl_dpo(tokenizer, pref_rows[:16], loss_type, tmp_path)
+    logs, steps, model, _, ref = run_trl_dpo(tokenizer, pref_rows[:16], loss_type, tmp_path, sft_weight)
     assert len(logs) == len(steps) == STEPS
-    objective = dpo.DPOObjective(ref, beta=0.1, loss_type=loss_type)
+    objective = dpo.DPOObjective(ref, beta=0.1, loss_type=loss_type, sft_weight=sft_weight)
     optimizer = make_optimizer(model, LR, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
     for step, (log, micro) in enumerate(zip(logs, steps)):
         ours = optimizer_step(model, micro, objective, optimizer, max_grad_norm=1.0, step=step + 1)
