@@ -722,11 +722,16 @@ def make_pretrain_document(rng: random.Random, split: str) -> str:
 
 
 def _task_prose(rng: random.Random, split: str) -> str:
-    """A worked question and answer as a web page would print it, or a sentence stating a solution."""
+    """A question and answer as a web page would print it (some with the worked steps a reasoning trace uses, so
+    the base model already knows that language before lesson 09), or a sentence stating a solution."""
     task = _pick_task(rng, CORPUS_TASK_WEIGHTS)
     problem = task.sample_in_split(rng, split)
-    if rng.random() < 0.7:
+    roll = rng.random()
+    if roll < 0.4:
         return f"Question: {problem.question}\nAnswer: {problem.response}"
+    if roll < 0.7:
+        steps = "\n\n".join(problem.thought)
+        return f"Question: {problem.question}\n\n{steps}\n\nAnswer: {problem.response}"
     return task.corpus_text(problem, rng)
 
 

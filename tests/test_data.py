@@ -29,7 +29,8 @@ def test_committed_data_is_what_the_generator_makes(tmp_path):
 
 def test_data_folder_is_small():
     total = sum(p.stat().st_size for p in D.DATA_DIR.rglob("*") if p.is_file())
-    assert total < 7_000_000  # "a few MB": the corpus is 2 epochs of lesson 06's 800 steps
+    # "a few MB": the corpus (4.6 MB, worked solutions included) is 2 epochs of lesson 06's 800 steps
+    assert total < 8_000_000
 
 
 def test_loads_through_datasets_with_the_cards_columns():

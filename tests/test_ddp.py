@@ -112,6 +112,11 @@ def test_two_processes_equal_one(two_process_run, stage):
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
         # Adam moves every weight by about lr = 1e-3 per step whatever the gradient's size, so the float32
         # round-off of the all-reduce (summing in another order) shows up as ~1e-6: allow 1% of one step.
+        # Exception: a gradient entry that is itself at round-off level (m / sqrt(v) of noise) can move its
+        # weight anywhere within +-lr per step in either run; a few in 10,000 do. A wrong shard or a missing
+        # all-reduce moves most entries, so: at most 0.1% of entries beyond 1% of a step, none beyond 2 lr a step.
         for name, w in weights_1.items():
-            torch.testing.assert_close(weights_2[name], w, rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+            diff = (weights_2[name] - w).abs()
+            assert diff.max() <= 2 * 1e-3 * STEPS, f"{name}: max diff {diff.max():.2e}"
+            assert (diff > 1e-5).float().mean() <= 1e-3, f"{name}: {(diff > 1e-5).sum()} of {diff.numel()} off"
     assert logs_1[0]["loss"] != logs_1[1]["loss"]  # the weights really moved between steps

@@ -56,8 +56,9 @@ md("""
 ## 1. Packing documents into rows
 
 The corpus (`data/pretrain/`, see lesson 00) is a list of short documents: mostly worked questions and answers
-("Question: ... Answer: ...", the way worked examples appear on the web) about sums, decimals, lists and
-capitals, plus stories, facts and a small share of chat transcripts in Doge's format. Padding each document to a
+("Question: ... Answer: ...", the way worked examples appear on the web, some with the worked steps in between)
+about sums, decimals, lists and capitals, plus stories, facts and a small share of chat transcripts in Doge's
+format. Padding each document to a
 fixed length would waste most of the compute, so we **pack**: wrap every document as
 `<|begin_of_text|> text <|end_of_text|>`, concatenate them all, and cut the stream into rows of `seq_len`
 tokens. Every position is a real token; the model learns that a new document starts after an

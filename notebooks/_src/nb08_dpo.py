@@ -18,7 +18,7 @@ TRL's `DPOTrainer` defaults add the sigmoid loss with beta = 0.1. This lesson bu
 1. the **pair batch** and **per-sequence log-probs** summed over completion tokens;
 2. the **frozen reference**, its log-probs computed once;
 3. the **losses** (sigmoid, ipo, hinge) and the **metrics** TRL logs (rewards/chosen, rewards/rejected,
-   rewards/accuracies, rewards/margins);
+   rewards/accuracies, rewards/margins), and an NLL term on the chosen answers that keeps them likely;
 4. training from lesson 07's SFT model and the **measured effect**: held-out preference accuracy and margin, and
    generations judged by the tasks' own checkers;
 5. **parity**: TRL's DPOTrainer on the same batch gives the same loss and metrics.
@@ -137,6 +137,12 @@ With delta = (log p(y_c) - log p_ref(y_c)) - (log p(y_r) - log p_ref(y_r)):
 
 The metrics: mean chosen reward, mean rejected reward, the share of pairs whose chosen reward is strictly larger
 (`rewards/accuracies`), and the mean margin (chosen - rejected).
+
+Every one of these losses only looks at the *difference* between chosen and rejected. It is still minimised when
+both log-probs fall, as long as the rejected one falls faster - and then the chosen answer, the one we want the
+model to write, becomes less likely. A common remedy (RPO, Pang et al. 2024) adds `sft_weight` times the chosen
+completions' mean token NLL, plain SFT on the chosen answers. TRL has it as
+`loss_type=["sigmoid", "sft"], loss_weights=[1.0, sft_weight]`. Section 4 measures what it changes here.
 """),
 code("""
 def dpo_losses(c, r, ref_c, ref_r, beta=0.1, kind="sigmoid", len_c=None, len_r=None):
@@ -166,6 +172,8 @@ md("""
 The recipe: LR = SFT LR / 10, beta 0.1, sigmoid loss, 2 epochs, cosine schedule as in SFT. One optimizer step
 averages the loss over all pairs of the step (the shared loop divides the summed pair losses by the step's pair
 count, as for tokens in SFT). `doge_from_scratch.dpo.train_dpo` precomputes the reference and runs the loop.
+Our default adds the chosen-NLL term with `sft_weight=1.0`, which the card's recipe does not have; the card's
+recipe itself (`sft_weight=0`) is trained and judged next to it below.
 
 **Before**: the held-out pairs, scored by the SFT model against itself, have rewards of exactly 0. What counts
 is what the DPO model does with pairs and prompts it never saw.
@@ -181,7 +189,7 @@ t0 = time.time()
 history = dpo.train_dpo(model, sft_model, tokenizer, pref_train, settings, progress=False)
 print(f"{len(history)} steps in {time.time() - t0:.0f}s")
 fig, ax = plt.subplots(1, 3, figsize=(13, 3))
-ax[0].plot([h.loss for h in history]); ax[0].set(title="sigmoid loss", xlabel="step")
+ax[0].plot([h.loss for h in history]); ax[0].set(title="sigmoid loss + NLL of chosen", xlabel="step")
 ax[1].plot([h.metrics["rewards/chosen"] for h in history], label="chosen")
 ax[1].plot([h.metrics["rewards/rejected"] for h in history], label="rejected")
 ax[1].legend(); ax[1].set(title="rewards (training batches)", xlabel="step")
@@ -220,6 +228,24 @@ print("per task SFT:", {k: f"{v:.0%}" for k, v in sft_eval["per_task"].items()})
 print("per task DPO:", {k: f"{v:.0%}" for k, v in dpo_eval["per_task"].items()})
 """),
 md("""
+**The card's recipe, without the NLL term.** Same data, steps and seed, `sft_weight=0`:
+"""),
+code("""
+card_settings = dpo.DPOSettings(sft_weight=0.0)
+card_model = copy.deepcopy(sft_model)
+t0 = time.time()
+dpo.train_dpo(card_model, sft_model, tokenizer, pref_train, card_settings, progress=False)
+card_metrics = dpo.preference_metrics(card_model, sft_model, tokenizer, pref_test)
+card_eval = evaluate_replies(card_model, tokenizer, prompts, max_new_tokens=40)
+print(f"({time.time() - t0:.0f}s)")
+print(f"{'held-out':22}{'pref. accuracy':>16}{'chosen reward':>15}{'rejected reward':>17}{'generations right':>19}")
+for name, m, e in (("DPO, sft_weight=1", held_metrics_after, dpo_eval), ("DPO, sft_weight=0", card_metrics, card_eval)):
+    print(f"{name:22}{m['rewards/accuracies']:>16.1%}{m['rewards/chosen']:>15.3f}{m['rewards/rejected']:>17.3f}"
+          f"{e['accuracy']:>19.1%}")
+print(f"{'SFT (before)':22}{'':>48}{sft_eval['accuracy']:>19.1%}")
+print("per task, sft_weight=0:", {k: f"{v:.0%}" for k, v in card_eval["per_task"].items()})
+"""),
+md("""
 Where do the wins come from? Lesson 07's SFT model picked up writer B's habit of echoing a list instead of
 reversing it when the question says "Write these digits in reverse order". The preference data was judged by
 the task's checker, so its rejected answers include exactly those echoes. Reversal prompts, split by phrasing:
@@ -246,7 +272,7 @@ md("""
 On the same model, reference and batch, TRL's `DPOTrainer` must compute the same loss and the same four
 metrics. The reference here differs from the policy (a DPO-trained policy against the SFT reference), so the
 rewards are not trivially zero. We let TRL take one optimizer step on 8 pairs and replay its batch through our
-objective, for each of the three losses. Needed for TRL: a reference **passed explicitly** (with
+objective, for each of the three losses and for sigmoid plus the NLL term. Needed for TRL: a reference **passed explicitly** (with
 `ref_model=None` and an in-memory model TRL tries to reload the model by name from the Hub),
 `bf16=False`, `use_cpu=True`, `report_to="none"`, `router_aux_loss_coef=0.0`.
 """),
@@ -258,10 +284,11 @@ from trl import DPOConfig, DPOTrainer
 
 from doge_from_scratch.train_utils import make_optimizer, optimizer_step, trl_ready
 
-def trl_one_step(loss_type):
+def trl_one_step(loss_type, sft_weight):
     policy, ref = trl_ready(copy.deepcopy(model)), copy.deepcopy(sft_model).eval()
+    loss_types, weights = ([loss_type, "sft"], [1.0, sft_weight]) if sft_weight else ([loss_type], None)
     args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=8, max_steps=1,
-                     learning_rate=settings.lr, beta=0.1, loss_type=[loss_type], seed=0, bf16=False,
+                     learning_rate=settings.lr, beta=0.1, loss_type=loss_types, loss_weights=weights, seed=0, bf16=False,
                      use_cpu=True, report_to="none", router_aux_loss_coef=0.0, logging_steps=1,
                      save_strategy="no", disable_tqdm=True, gradient_checkpointing=False)
     data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pref_test[:8]])
@@ -275,18 +302,19 @@ def trl_one_step(loss_type):
     trainer.train()
     return [h for h in trainer.state.log_history if "grad_norm" in h][0], seen
 
-print(f"{'loss':8}{'quantity':>20}{'TRL':>14}{'ours':>14}{'|diff|':>10}")
+print(f"{'loss':12}{'quantity':>20}{'TRL':>14}{'ours':>14}{'|diff|':>10}")
 worst = {}
-for loss_type in dpo.LOSS_TYPES:
-    log, seen = trl_one_step(loss_type)
+for loss_type, sft_weight in [(t, 0.0) for t in dpo.LOSS_TYPES] + [("sigmoid", settings.sft_weight)]:
+    name = loss_type + ("+sft" if sft_weight else "")
+    log, seen = trl_one_step(loss_type, sft_weight)
     mine = copy.deepcopy(model)
-    objective = dpo.DPOObjective(copy.deepcopy(sft_model).eval(), beta=0.1, loss_type=loss_type)
+    objective = dpo.DPOObjective(copy.deepcopy(sft_model).eval(), 0.1, loss_type, sft_weight)
     ours = optimizer_step(mine, seen, objective, make_optimizer(mine, settings.lr), None, 1.0)
     values = {"loss": ours.loss, "grad_norm": ours.grad_norm, **ours.metrics}
     for key in ("loss", "grad_norm", *dpo.METRICS):
         diff = abs(values[key] - log[key])
-        worst[(loss_type, key)] = diff / max(abs(log[key]), 1e-12)
-        print(f"{loss_type:8}{key:>20}{log[key]:>14.8f}{values[key]:>14.8f}{diff:>10.1e}")
+        worst[(name, key)] = diff / max(abs(log[key]), 1e-12)
+        print(f"{name:12}{key:>20}{log[key]:>14.8f}{values[key]:>14.8f}{diff:>10.1e}")
 """),
 md("""
 On this machine the numbers are identical to the last printed digit. They need not be bit-identical
@@ -300,7 +328,7 @@ code("""
 # NBVAL_CHECK_OUTPUT
 print("loss and grad-norm within 1e-5 relative for every loss type:",
       all(v < 1e-5 for (lt, k), v in worst.items() if k in ("loss", "grad_norm")))
-print("rewards/accuracies identical:", all(worst[(lt, "rewards/accuracies")] == 0 for lt in dpo.LOSS_TYPES))
+print("rewards/accuracies identical:", all(v == 0 for (lt, k), v in worst.items() if k == "rewards/accuracies"))
 """),
 md("""
 ## 6. Check against the package

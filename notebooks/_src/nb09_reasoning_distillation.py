@@ -55,7 +55,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 sft_folder = sft.ensure_sft()            # lesson 07's chat model (trained here first if it is missing)
 tokenizer = load_tokenizer(sft_folder)
 chat_model = DogeForCausalLM.from_pretrained(sft_folder).eval()
-train_rows = list(load_lesson_dataset("reasoning", "train"))[:160]   # lesson scale: minutes on 2 CPU cores
+train_rows = list(load_lesson_dataset("reasoning", "train"))
 test_rows = list(load_lesson_dataset("reasoning", "test"))
 print(train_rows[0]["messages"][1]["content"])
 print(train_rows[0]["messages"][2]["content"])
@@ -80,17 +80,19 @@ md("""
 
 - **Teacher**: lesson 07's chat model (4 layers), trained here on the traces - the "larger model" that knows how
   to reason in this format.
-- **Student**: a smaller Doge made from the same chat model by keeping every other layer (2 of 4 layers, the
-  layer-dropping initialisation of DistilBERT): same tokenizer, same vocabulary - which logit-level
-  distillation needs, since it compares distributions over the same tokens.
+- **Student**: a smaller Doge made from the same chat model by dropping a layer (3 of 4 layers: the first two and
+  the last, the layer-dropping initialisation of DistilBERT): same tokenizer, same vocabulary - which logit-level
+  distillation needs, since it compares distributions over the same tokens. (Keeping every other layer, 2 of 4,
+  was tried: those students learned the format but answered nothing right in this budget.)
 """),
 code("""
 def small_student():
     config = copy.deepcopy(chat_model.config)
-    config.num_hidden_layers = chat_model.config.num_hidden_layers // 2
+    n = chat_model.config.num_hidden_layers
+    keep = [i for i in range(n) if i != n - 2]   # drop the second-to-last layer
+    config.num_hidden_layers = len(keep)
     student = DogeForCausalLM(config)
     state = chat_model.state_dict()
-    keep = list(range(0, chat_model.config.num_hidden_layers, 2))
     for name, tensor in student.state_dict().items():
         source = name
         if name.startswith("model.layers."):
@@ -104,10 +106,11 @@ student_init = small_student()
 print(f"teacher {count(chat_model) / 1e6:.2f}M parameters ({chat_model.config.num_hidden_layers} layers), "
       f"student {count(student_init) / 1e6:.2f}M ({student_init.config.num_hidden_layers} layers)")
 
-# The teacher gets 2 epochs (the card's count); every student 1 epoch, so the comparison below is between
-# targets (trace tokens vs teacher distributions), not training budgets.
-teacher_settings = sft.SFTSettings(lr=3e-3, epochs=2, max_length=1024, rows_per_micro_batch=2, accumulation=1)
-settings = sft.SFTSettings(lr=3e-3, epochs=1, max_length=1024, rows_per_micro_batch=2, accumulation=1)
+# The teacher gets 3 epochs at a gentle LR (measured: 3e-3 for 2 epochs taught the format but fewer answers);
+# every student 2 epochs (the card's count) with the same steps, so the comparison below is between targets
+# (trace tokens vs teacher distributions), not training budgets.
+teacher_settings = sft.SFTSettings(lr=1e-3, epochs=3, max_length=1024, rows_per_micro_batch=2, accumulation=1)
+settings = sft.SFTSettings(lr=3e-3, epochs=2, max_length=1024, rows_per_micro_batch=2, accumulation=1)
 teacher = copy.deepcopy(chat_model)
 t0 = time.time()
 teacher_log = sft.train_sft(teacher, tokenizer, train_rows, teacher_settings, progress=False)
@@ -239,7 +242,7 @@ code("""
 from doge_from_scratch.data import is_well_formed_reasoning, prompt_and_reference
 from doge_from_scratch.generation import chat_reply
 
-questions = test_rows[:24]
+questions = test_rows[:40]
 
 def score(model):
     strict, lenient, formed, per_task = [], [], [], {}
@@ -275,7 +278,7 @@ ax[1].axhline(forced["teacher (4 layers)"]["nll"], color="k", ls="--", lw=1, lab
 ax[1].set_ylabel("held-out NLL per trace token"); ax[1].legend(fontsize=8)
 for a in ax:
     a.set_xticks(x, [n.replace("student, ", "") for n in names], rotation=15)
-fig.suptitle("2-layer students on held-out reasoning questions"); plt.tight_layout(); plt.show()
+fig.suptitle("3-layer students on held-out reasoning questions"); plt.tight_layout(); plt.show()
 """),
 md("""
 ## 6. The card's usage snippet, on the distilled student
