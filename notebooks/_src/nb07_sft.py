@@ -360,10 +360,12 @@ One numerical detail mattered: our per-token NLL is `logsumexp(logits) - logit[t
 fused head accumulates. `F.cross_entropy` over a `[B, V, T]` layout was ~50x less accurate in float32 on CPU
 (3.7e-6 relative on a step's loss, measured against float64) - enough to fail a 1e-6 comparison.
 
-The comparison runs at a quarter of the lesson's learning rate. At the full 4e-3 on 4-conversation steps the
-third step's update makes the loss jump (0.6 to 3.0 on this slice), and a jump like that amplifies the last-bit
-differences between any two float32 implementations (the two forward passes are not computed in the same order)
-into a few 1e-6 by the next step. The algorithm compared is the same at any rate.
+Each step is compared from the weights TRL had when it took that step (recorded with the batch). Replaying
+all four steps from the start instead lets two float32 implementations drift apart: their last bits differ
+(the two loss reductions do not sum in the same order), each Adam update turns tiny gradient differences into
+weight differences, and a step whose loss jumps amplifies them - we measured a few 1e-6 by step 3 or 4, at this
+learning rate or a quarter of it. Comparing from the same weights tests what parity means here: the same loss
+and the same gradient for the same model and batch.
 """),
 code("""
 import tempfile
@@ -378,7 +380,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 trl_model = trl_ready(copy.deepcopy(pretrained))
 ours_model = copy.deepcopy(pretrained)
 args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                 max_steps=4, learning_rate=settings.lr / 4, lr_scheduler_type="cosine_with_min_lr",
+                 max_steps=4, learning_rate=settings.lr, lr_scheduler_type="cosine_with_min_lr",
                  lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=0.1, weight_decay=0.01,
                  adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, packing=True,
                  max_length=MAX_LEN, assistant_only_loss=True, seed=0, bf16=False, gradient_checkpointing=False,
@@ -386,11 +388,13 @@ args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=2, g
                  disable_tqdm=True)
 trainer = SFTTrainer(model=trl_model, args=args, train_dataset=Dataset.from_list(
     [{"messages": r["messages"]} for r in chat_train[:48]]), processing_class=tokenizer)
-consumed = {}
+consumed, weights_before = {}, {}
 trl_training_step = trainer.training_step
 def recording_step(model_, inputs, *a, **k):
-    consumed.setdefault(trainer.state.global_step, []).append(
-        {key: inputs[key].clone() for key in ("input_ids", "labels", "position_ids")})
+    step = trainer.state.global_step
+    if step not in weights_before:
+        weights_before[step] = {name: t.detach().clone() for name, t in model_.state_dict().items()}
+    consumed.setdefault(step, []).append({key: inputs[key].clone() for key in ("input_ids", "labels", "position_ids")})
     return trl_training_step(model_, inputs, *a, **k)
 trainer.training_step = recording_step
 trainer.train()
@@ -401,6 +405,7 @@ scheduler = make_scheduler(optimizer, len(trl_logs), warmup=0.1, min_lr_rate=0.1
 print(f"{'step':>4}{'TRL loss':>14}{'our loss':>14}{'rel diff':>10}{'TRL |g|':>12}{'our |g|':>12}{'rel diff':>10}")
 worst = 0.0
 for step, log in enumerate(trl_logs):
+    ours_model.load_state_dict(weights_before[step])
     ours = optimizer_step(ours_model, consumed[step], sft.SFT_LOSS, optimizer, scheduler, 1.0, step + 1)
     d_loss = abs(ours.loss - log["loss"]) / abs(log["loss"])
     d_norm = abs(ours.grad_norm - log["grad_norm"]) / abs(log["grad_norm"])

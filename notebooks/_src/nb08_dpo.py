@@ -246,6 +246,13 @@ print(f"{'SFT (before)':22}{'':>48}{sft_eval['accuracy']:>19.1%}")
 print("per task, sft_weight=0:", {k: f"{v:.0%}" for k, v in card_eval["per_task"].items()})
 """),
 md("""
+The card's recipe ranks the held-out pairs just as well - preference accuracy and margin are about the same -
+and yet its generations are right less often than the SFT model's it started from. Its chosen reward is
+negative: it made the answers it should write *less* likely too, only the rejected ones even less so. With
+the NLL term the chosen answers stay where SFT put them (chosen reward about 0) and only the rejected ones fall.
+The held-out pairs' metrics alone would not have shown the difference; the generations do.
+"""),
+md("""
 Where do the wins come from? Lesson 07's SFT model picked up writer B's habit of echoing a list instead of
 reversing it when the question says "Write these digits in reverse order". The preference data was judged by
 the task's checker, so its rejected answers include exactly those echoes. Reversal prompts, split by phrasing:
@@ -341,7 +348,9 @@ assert ours_pairs == [pair(r) for r in check]
 b = collate(ours_pairs)
 assert all(torch.equal(b[k], dpo.collate_preference(ours_pairs, tokenizer.pad_token_id)[k]) for k in b)
 with torch.no_grad():
-    assert torch.allclose(dpo.sequence_logps(model, b), sequence_logps(model, b), rtol=1e-5)
+    # atol: after DPO with the NLL term some chosen answers are near certain (log-prob ~ -0.1), where float32
+    # log-softmax and logsumexp - logit differ by a few 1e-7 per token: relative error is no guide there
+    assert torch.allclose(dpo.sequence_logps(model, b), sequence_logps(model, b), rtol=1e-5, atol=1e-5)
     c, r = sequence_logps(model, b).chunk(2)
     rc, rr = sequence_logps(sft_model, b).chunk(2)
     lens = b["completion_mask"].sum(1).chunk(2)
