@@ -412,8 +412,32 @@ def chat_reply(model, tokenizer, messages: Sequence[Mapping[str, str]], max_new_
 
     Special tokens are kept by default, so a reply that never closes its turn is visible to a checker.
     """
-    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True, return_dict=False)
+    return chat_replies(model, tokenizer, [messages], max_new_tokens, 1, skip_special_tokens)[0]
+
+
+def chat_replies(model, tokenizer, conversations: Sequence[Sequence[Mapping[str, str]]], max_new_tokens: int = 64,
+                 batch_size: int = 16, skip_special_tokens: bool = False) -> list[str]:
+    """``chat_reply`` for many conversations, ``batch_size`` prompts per left-padded batch (each row is decoded as
+    if alone: padding is masked and positions start at each prompt's first token). A reply ends at its eos."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    prompts = [list(tokenizer.apply_chat_template(list(m), add_generation_prompt=True, tokenize=True,
+                                                  return_dict=False)) for m in conversations]
     model.eval()
-    out = generate(model, torch.tensor([list(ids)]), max_new_tokens=max_new_tokens,
-                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, len(ids):].tolist(), skip_special_tokens=skip_special_tokens)
+    replies = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, prompt in enumerate(chunk):
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        out = generate(model, ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        for row in range(len(chunk)):
+            new = out[row, width:].tolist()
+            if tokenizer.eos_token_id in new:  # rows that stopped early are padded after their eos
+                new = new[:new.index(tokenizer.eos_token_id) + 1]
+            replies.append(tokenizer.decode(new, skip_special_tokens=skip_special_tokens))
+    return replies

@@ -228,6 +228,24 @@ def test_text_streamer_prints_the_generated_text(tokenizer, capsys):
     assert capsys.readouterr().out == theirs
 
 
+def test_chat_replies_in_batches_equal_one_at_a_time(tokenizer):
+    from doge_from_scratch.generation import chat_replies, chat_reply
+
+    torch.manual_seed(0)
+    model = randomize_(DogeForCausalLM(tiny_config(vocab_size=len(tokenizer))).eval(), seed=3)
+    eos_bias = torch.zeros(len(tokenizer))
+    eos_bias[tokenizer.eos_token_id] = 0.5  # some replies end early, so finished rows get padded (logits are ~0.2)
+    model.lm_head.bias = torch.nn.Parameter(eos_bias)
+    conversations = [[{"role": "user", "content": text}] for text in
+                     ("Hi!", "What is 2 + 2?", "Reverse the list: 1 2 3 4 5 6", "Which number is bigger, 3.9 or 3.11?")]
+    one_by_one = [chat_reply(model, tokenizer, c, max_new_tokens=12) for c in conversations]
+    assert chat_replies(model, tokenizer, conversations, max_new_tokens=12, batch_size=3) == one_by_one
+    assert any(r.endswith(tokenizer.eos_token) for r in one_by_one)
+    assert not all(r.endswith(tokenizer.eos_token) for r in one_by_one)
+    with pytest.raises(ValueError, match="batch_size"):
+        chat_replies(model, tokenizer, conversations, batch_size=0)
+
+
 def test_iterator_and_callback_streamers(tokenizer):
     import threading
 
