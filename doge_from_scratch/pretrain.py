@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import DogeConfig
 from .data import DATA_DIR, data_file, read_jsonl
 from .model import DogeForCausalLM
 from .tokenizer import DEFAULT_TOKENIZER_DIR, PROJECT_ROOT, load_tokenizer
+from .train_utils import progress_bar
 
 DEFAULT_PRETRAINED_DIR = PROJECT_ROOT / "artifacts" / "pretrained"
 
@@ -413,9 +413,7 @@ def pretrain(cfg: PretrainConfig | None = None, tokenizer=None, checkpoint_dir: 
         state.val_history.append({"step": 0, "val_loss": evaluate(state.model, val_rows, bf16=cfg.bf16)})
     end = cfg.max_steps if stop_after is None else min(stop_after, cfg.max_steps)
     start_step, started = state.step, time.perf_counter()
-    # At most one redraw a second: in a notebook every redraw is a kernel message, and a burst of thousands
-    # overflows the kernel's message queue (nbval then waits for output that was dropped).
-    bar = tqdm(range(state.step, end), desc="pretraining", disable=not progress, initial=0, mininterval=1.0)
+    bar = progress_bar(range(state.step, end), desc="pretraining", disable=not progress, initial=0)
     for _ in bar:
         entry = train_step(state, train_rows, schedule, cfg)
         if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:

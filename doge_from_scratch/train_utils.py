@@ -174,14 +174,23 @@ class StageLoss:
         return self.fn(model, batch)
 
 
+def progress_bar(iterable: Iterable, **kwargs):
+    """A tqdm bar that redraws at most once a second (pass postfixes with ``refresh=False``).
+
+    In a notebook every redraw is a kernel message; a burst of thousands overflows the kernel's message queue
+    and nbval then waits for output that was dropped.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, mininterval=1.0, **kwargs)
+
+
 def train(model: nn.Module, steps: Iterable[Sequence[dict[str, torch.Tensor]]], summed_loss: StageLoss,
           optimizer: torch.optim.Optimizer, scheduler: LambdaLR | None = None, max_grad_norm: float | None = 1.0,
           progress: bool = True, total: int | None = None, desc: str = "train") -> list[StepLog]:
     """Run optimizer steps; ``steps`` yields, per step, this process's list of micro-batches."""
-    from tqdm.auto import tqdm
-
     history = []
-    bar = tqdm(steps, total=total, desc=desc, disable=not progress or rank() != 0, mininterval=1.0)
+    bar = progress_bar(steps, total=total, desc=desc, disable=not progress or rank() != 0)
     for i, micro_batches in enumerate(bar):
         log = optimizer_step(model, micro_batches, summed_loss, optimizer, scheduler, max_grad_norm, step=i + 1)
         history.append(log)
@@ -227,15 +236,13 @@ def evaluate_replies(model: nn.Module, tokenizer, records: Sequence[dict[str, An
     ``batch_size`` > 1 generates that many prompts at once (left-padded; much faster, the same replies up to
     float32 round-off in the padded rows).
     """
-    from tqdm.auto import tqdm
-
     from .data import check_answer, prompt_and_reference
     from .generation import chat_replies
 
     records = list(records)
     prompts = [prompt_and_reference(record)[0] for record in records]
     generated = []
-    for start in tqdm(range(0, len(records), batch_size), desc="generate", disable=not progress):
+    for start in progress_bar(range(0, len(records), batch_size), desc="generate", disable=not progress):
         generated += chat_replies(model, tokenizer, prompts[start:start + batch_size], max_new_tokens, batch_size)
     replies, right, formatted, per_task = [], [], [], {}
     for record, reply in zip(records, generated):
