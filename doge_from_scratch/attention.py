@@ -5,13 +5,18 @@ DMA is causal attention plus one learned, content-dependent bias per key:
     b_s = exp(A * softplus(dt_proj(v_s)))          one number per key s and per bias head
     scores[t, s] = q_t . k_s / sqrt(d) + b_s       for every key s that query t may see
 
-and, once there are more keys than ``keep_window_size``, each query row keeps only the
-``keep_window_size`` keys with the largest bias (the rest are masked out). Two attention variants exist:
+Two attention variants exist, and they differ most once there are more keys S than ``keep_window_size``:
 
 - ``native`` (transformers, generation C): q/k RMSNorm over head_dim, one bias per KV head, masked
   positions *replaced* by the dtype minimum, the mask repeated over the query heads of each group.
+  Past the keep window each query row keeps only the ``keep_window_size`` keys with the largest
+  masked bias (top-k over the row; the rest are masked out).
 - ``classic`` (first Hub checkpoints, generations A/B): no q/k norm, one bias per *query* head
-  (``dt_proj`` maps to n_heads), the bias *added* to the additive causal mask.
+  (``dt_proj`` maps to n_heads), the bias *added* to the additive causal mask. There is no top-k.
+  Past the keep window the checkpoint's own code computes k = int((S - keep_window_size) * ratio),
+  ratio = ``dynamic_mask_ratio``, and per (batch row, head) drops every key whose bias is strictly
+  below the k-th smallest of all S biases: the same keys for every query row. The published
+  configs say ratio 0, which drops nothing: every key the causal mask allows is attended.
 
 Two execution paths give the same numbers:
 
@@ -105,24 +110,50 @@ def dynamic_bias(value_states: torch.Tensor, dt_proj: nn.Linear, A: torch.Tensor
     return torch.exp(A * F.softplus(dt)).transpose(-1, -2)
 
 
+def check_dynamic_mask_ratio(ratio) -> float:
+    """The classic ``dynamic_mask_ratio`` as a float in [0, 1], or a ValueError naming the field."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"DogeConfig.dynamic_mask_ratio={ratio!r}: must be a number in [0, 1] "
+                         "(the share of the keys past keep_window_size that classic attention drops)")
+    return float(ratio)
+
+
+def classic_key_bias(bias: torch.Tensor, keep_window_size: int, dynamic_mask_ratio: float,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """The classic per-key bias after its keep-window rule. bias: [B, n_h, S] -> [B, n_h, S] in ``dtype``.
+
+    Past the keep window, k = int((S - keep_window_size) * ratio) and every key whose bias is strictly
+    below the k-th smallest of that (batch row, head) gets the dtype minimum instead. The threshold is
+    taken over all S raw biases, padding and not-yet-visible keys included, before any causal mask:
+    that is what the checkpoint's code does, so it is what its weights expect. Ties at the threshold
+    are all kept, so at most k - 1 keys are dropped. Ratio 0 (the published configs) drops nothing.
+    """
+    bias = bias.to(dtype)
+    s = bias.shape[-1]
+    k = int((s - keep_window_size) * dynamic_mask_ratio) if s > keep_window_size else 0
+    if k <= 0:
+        return bias
+    threshold = torch.kthvalue(bias, k, dim=-1, keepdim=True).values
+    return bias.masked_fill(bias < threshold, torch.finfo(dtype).min)
+
+
 def dynamic_mask(bias: torch.Tensor, allowed: torch.Tensor, keep_window_size: int, dtype: torch.dtype,
-                 classic: bool = False) -> torch.Tensor:
+                 classic: bool = False, dynamic_mask_ratio: float = 0.0) -> torch.Tensor:
     """The additive DMA mask. bias: [B, n_bias, S], allowed: bool [B, 1, T, S] -> [B, n_bias, T, S].
 
     native: forbidden positions are replaced by the dtype minimum, then each row keeps its
     ``keep_window_size`` largest entries (top-k over keys) when there are more keys than that.
-    classic: the bias is added to the 0/min causal mask; there is no top-k.
+    classic: the bias after ``classic_key_bias`` (the ``dynamic_mask_ratio`` rule) is *added* to the
+    0/min causal mask; there is no top-k. A key both dropped and forbidden sums to -inf, as in the
+    checkpoint's code; a query whose visible keys were all dropped then attends uniformly to the
+    keys that hold exactly the minimum, as the checkpoint's code does too.
     """
     neg = torch.finfo(dtype).min
     b, h, s = bias.shape
     t = allowed.shape[-2]
     if classic:
-        if s > keep_window_size:
-            raise ValueError(
-                f"a classic-generation Doge attends to at most keep_window_size={keep_window_size} keys "
-                f"(its dynamic_mask_ratio is 0), but got {s}; shorten the input or raise keep_window_size")
         additive = torch.zeros(allowed.shape, dtype=dtype, device=bias.device).masked_fill(~allowed, neg)
-        return additive + bias[:, :, None, :].to(dtype)
+        return additive + classic_key_bias(bias, keep_window_size, dynamic_mask_ratio, dtype)[:, :, None, :]
     mask = bias[:, :, None, :].expand(b, h, t, s).masked_fill(~allowed, neg).to(dtype)
     if s > keep_window_size:
         top = torch.topk(mask, keep_window_size, dim=-1, largest=True, sorted=False).indices
@@ -240,6 +271,8 @@ class DogeAttention(nn.Module):
         self.head_dim = config.head_dim
         self.scaling = self.head_dim ** -0.5
         self.keep_window_size = config.keep_window_size
+        # classic only; DogeConfig may not declare the field, and a config without it means 0
+        self.dynamic_mask_ratio = check_dynamic_mask_ratio(getattr(config, "dynamic_mask_ratio", 0.0) or 0.0)
         self.attention_dropout = float(config.attention_dropout or 0.0)
         self.backend = "auto"
         self.hand_written_backward = True  # see DogePreTrainedModel.set_attention_backend
@@ -322,7 +355,8 @@ class DogeAttention(nn.Module):
             else:
                 out = attend_fused(q, k, v, bias, rows_allowed, self.scaling, dropout)
         else:
-            mask = dynamic_mask(bias, allowed, self.keep_window_size, x.dtype, classic=self.classic)
+            mask = dynamic_mask(bias, allowed, self.keep_window_size, x.dtype, classic=self.classic,
+                                dynamic_mask_ratio=self.dynamic_mask_ratio)
             if not self.classic:
                 mask = repeat_kv(mask, self.num_heads // self.num_kv_heads)
             out = attend_materialised(q, k, v, mask, self.scaling, dropout, self.training)

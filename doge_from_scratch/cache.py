@@ -8,7 +8,10 @@ layer passes to one.
 What Doge adds: the dynamic-mask bias b_s = exp(A * softplus(dt_proj(v_s))) depends on the value of
 key s alone. The attention layer recomputes it from *all* cached values at every step, exactly as the
 reference does, so the cache stores nothing but keys and values. (``fast_decode`` caches the bias as
-well, since recomputing it is O(S) work per step for a number that never changes.)
+well, since recomputing it is O(S) work per step for a number that never changes.) What the cache must
+not hold is a mask: past ``keep_window_size`` the keys a query may use are chosen by ranking the biases
+of all S keys (the native top-k, or the classic ``dynamic_mask_ratio`` rule), and that choice changes
+as keys arrive, so every step rebuilds it from the full bias row.
 
 Two caches with the same ``update`` / ``get_seq_length`` interface (see ``attention.KVCacheLike``):
 

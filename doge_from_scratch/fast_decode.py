@@ -10,17 +10,20 @@ the time of those matrix-vector products is the floor. Everything else is overhe
   key at every step (the teaching model recomputes it, as the reference does: same numbers);
 - no mask: while the cache fits in ``keep_window_size`` a decoding query sees every cached key, so the
   bias row itself is the additive mask (unfilled or padded slots hold the dtype minimum, exactly what
-  the reference writes there);
+  the reference writes there). Classic attention (generations A/B) with ``dynamic_mask_ratio`` 0, as
+  the published configs have it, never masks a visible key, so there the same holds at any length;
 - the per-token path is a flat loop over tuples of tensors (no module calls, no ``causal_padding_mask``),
-  with q and k normed and rotated together, and grouped-query attention done by folding the g query
-  heads of a group into SDPA's query-length axis (no ``repeat_kv`` copy);
+  with q and k normed (native) and rotated together, and grouped-query attention done by folding the
+  g query heads of a group into SDPA's query-length axis (no ``repeat_kv`` copy; a classic bias, one
+  per query head, folds the same way);
 - optional bfloat16 weights (half the bytes to read; the cache stays float32, which holds bfloat16
   values exactly, and decode attention runs in float32 as fused attention kernels accumulate);
 - optional ``torch.compile``: ``compile=True`` compiles the whole per-token step (fastest per token, but
   compile time grows with the layer count), ``compile="layer"`` one layer function reused by all layers.
 
-Prefill (the prompt), keep-window overflow (more keys than ``keep_window_size``: top-k over the bias)
-and padded rows go through the core attention functions, so they inherit the teaching model's numbers.
+Prefill (the prompt), keep-window overflow (more keys than ``keep_window_size``: the native top-k, or
+the classic ratio rule when the ratio is not 0) and padded rows go through the core attention
+functions, so they inherit the teaching model's numbers.
 ``FastDoge`` is tested equal to ``DogeForCausalLM`` (1e-5 in float32) in ``tests/test_generation.py``.
 """
 
@@ -43,10 +46,11 @@ class FusedLayer:
     input_norm: torch.Tensor  # [H]
     qkv: torch.Tensor  # [(n_h + 2 n_kv) d, H]
     qkv_bias: torch.Tensor | None
-    qk_norm: torch.Tensor  # [n_h + n_kv, d]: q_norm.weight for each query head, then k_norm.weight per KV head
-    dt_weight: torch.Tensor  # [n_kv, n_kv d]
+    # [n_h + n_kv, d]: q_norm.weight for each query head, then k_norm.weight per KV head; None for classic
+    qk_norm: torch.Tensor | None
+    dt_weight: torch.Tensor  # [n_bias, n_kv d]; n_bias = n_kv (native) or n_h (classic)
     dt_bias: torch.Tensor | None
-    A: torch.Tensor  # [n_kv]
+    A: torch.Tensor  # [n_bias]
     o: torch.Tensor  # [H, n_h d]
     o_bias: torch.Tensor | None
     input_residual: torch.Tensor  # [H]
@@ -72,11 +76,11 @@ def _cat_bias(*linears, dtype) -> torch.Tensor | None:
 
 
 def fuse_layer(layer, dtype: torch.dtype) -> FusedLayer:
-    """Fused tensors of one ``DogeDecoderLayer`` (native attention)."""
+    """Fused tensors of one ``DogeDecoderLayer`` (native or classic attention)."""
     attn, mlp = layer.self_attn, layer.mlp
     qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
-    qk_norm = torch.cat([attn.q_norm.weight.detach().expand(attn.num_heads, -1),
-                         attn.k_norm.weight.detach().expand(attn.num_kv_heads, -1)])
+    qk_norm = None if attn.classic else torch.cat([attn.q_norm.weight.detach().expand(attn.num_heads, -1),
+                                                   attn.k_norm.weight.detach().expand(attn.num_kv_heads, -1)])
     fused = FusedLayer(
         input_norm=_cast(layer.input_layernorm.weight, dtype),
         qkv=_cast(qkv, dtype), qkv_bias=_cat_bias(attn.q_proj, attn.k_proj, attn.v_proj, dtype=dtype),
@@ -109,7 +113,7 @@ def layer_arguments(layer: FusedLayer) -> tuple:
 
 
 class FastDoge:
-    """Inference-only copy of a native-attention ``DogeForCausalLM`` with fused weights.
+    """Inference-only copy of a ``DogeForCausalLM`` (native or classic attention) with fused weights.
 
     ``FastDoge(model, dtype=torch.bfloat16)`` then ``fast.generate(ids, max_new_tokens=...)`` or
     ``generation.generate(fast, ...)``. The source model is not modified and may be dropped.
@@ -117,15 +121,18 @@ class FastDoge:
 
     def __init__(self, model, dtype: torch.dtype | None = None, compile: bool | str = False) -> None:
         config = model.config
-        if config.attention_variant != "native":
-            raise NotImplementedError("FastDoge supports native (generation C) attention; "
-                                      "use the teaching model's generate for classic checkpoints")
         self.config = config
+        attention = model.model.layers[0].self_attn
+        self.classic = attention.classic
+        self.dynamic_mask_ratio = attention.dynamic_mask_ratio
+        # past the keep window the mask must select keys: the native top-k, or a classic ratio above 0
+        self.window_needs_mask = not self.classic or self.dynamic_mask_ratio > 0
         self.dtype = dtype or next(model.parameters()).dtype
         self.device = next(model.parameters()).device
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
         self.groups = self.num_heads // self.num_kv_heads
+        self.num_bias = self.num_heads if self.classic else self.num_kv_heads
         self.scaling = self.head_dim ** -0.5
         self.keep_window_size = config.keep_window_size
         self.eps = config.rms_norm_eps
@@ -231,19 +238,26 @@ class FastDoge:
         for i, layer in enumerate(self.layers):
             h = self.rms(x, layer.input_norm)
             qkv = F.linear(h, layer.qkv, layer.qkv_bias)
-            qk = self.rope(self.rms(qkv[..., :(nh + nkv) * d].view(b, t, nh + nkv, d), layer.qk_norm), cos, sin)
+            qk = qkv[..., :(nh + nkv) * d].view(b, t, nh + nkv, d)
+            qk = self.rope(qk if layer.qk_norm is None else self.rms(qk, layer.qk_norm), cos, sin)
             v = qkv[..., (nh + nkv) * d:].view(b, t, nkv, d)
             q = qk[:, :, :nh].transpose(1, 2)
             state.keys[i][:, :, start:end] = qk[:, :, nh:].transpose(1, 2)
             state.values[i][:, :, start:end] = v.transpose(1, 2)
             bias = torch.exp(layer.A * F.softplus(F.linear(v.reshape(b, t, nkv * d), layer.dt_weight,
-                                                           layer.dt_bias))).transpose(1, 2)  # [B, n_kv, T]
-            if real_new is not None:
+                                                           layer.dt_bias))).transpose(1, 2)  # [B, n_bias, T]
+            if real_new is not None and not self.classic:
+                # native: a padding key's bias is the masked value itself. Classic keeps the raw bias,
+                # because its ratio rule ranks every key, padding included, before the padding mask.
                 bias = bias.masked_fill(~real_new, self.neg)
             state.bias[i][:, :, start:end] = bias
             dt = x.dtype
             keys, values = state.keys[i][:, :, :end].to(dt), state.values[i][:, :, :end].to(dt)
-            if end <= self.keep_window_size:
+            if self.classic:
+                mask = dynamic_mask(state.bias[i][:, :, :end].to(dt), allowed, self.keep_window_size, x.dtype,
+                                    classic=True, dynamic_mask_ratio=self.dynamic_mask_ratio)
+                out = attend_materialised(q, keys, values, mask, self.scaling)
+            elif end <= self.keep_window_size:
                 out = attend_fused(q, keys, values, state.bias[i][:, :, :end].to(dt), allowed if padded else None,
                                    self.scaling)
             else:
@@ -270,7 +284,7 @@ class FastDoge:
                       router=None, down_embed=None, up_embed=None) -> torch.Tensor:
         """One decoder layer for one new token per row. x: [B, H] -> [B, H].
 
-        keys/values: [B, n_kv, S_max, d], bias: [B, n_kv, S_max], written at ``slot`` in place.
+        keys/values: [B, n_kv, S_max, d], bias: [B, n_bias, S_max], written at ``slot`` in place.
         Attention reads the whole preallocated buffers: unfilled slots carry the dtype minimum as bias
         (the reference's masked value), so they get exactly zero weight and shapes never change, which
         lets ``torch.compile`` build this function once and reuse it for every layer and step.
@@ -280,15 +294,18 @@ class FastDoge:
         nh, nkv, d, g = self.num_heads, self.num_kv_heads, self.head_dim, self.groups
         nqk = (nh + nkv) * d
         qkv = F.linear(self.rms(x, input_norm), qkv_w, qkv_b)
-        qk = self.rope(self.rms(qkv[:, :nqk].view(b, nh + nkv, d), qk_norm), cos, sin)
+        qk = qkv[:, :nqk].view(b, nh + nkv, d)
+        qk = self.rope(qk if qk_norm is None else self.rms(qk, qk_norm), cos, sin)
         v = qkv[:, nqk:]
         keys.index_copy_(2, slot, qk[:, nh:, None].float())
         values.index_copy_(2, slot, v.view(b, nkv, 1, d).float())
         bias.index_copy_(2, slot, torch.exp(A * F.softplus(F.linear(v, dt_w, dt_b)))[:, :, None].float())
         # the g query heads of a KV group ride in SDPA's query-length axis: [B, n_kv, g, d] (no repeat_kv),
-        # the bias row is the additive mask; float32 throughout (small bfloat16 products are slow on CPUs)
+        # the bias row is the additive mask: [B, n_kv, 1, S] shared by the group (native) or one row per
+        # query head, [B, n_kv, g, S] (classic); float32 throughout (small bfloat16 products are slow on CPUs)
         out = F.scaled_dot_product_attention(qk[:, :nh].view(b, nkv, g, d).float(), keys, values,
-                                             attn_mask=bias[:, :, None, :], scale=self.scaling).to(x.dtype)
+                                             attn_mask=bias.view(b, nkv, -1, bias.shape[-1]),
+                                             scale=self.scaling).to(x.dtype)
         x = input_residual * x + F.linear(out.reshape(b, nh * d), o_w, o_b)
         h = self.rms(x, post_norm)
         gate, up = F.linear(h, gate_up_w, gate_up_b).split(self.intermediate, dim=-1)
@@ -321,7 +338,8 @@ class FastStepper:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in fast.layers]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in fast.layers]
         # unfilled slots hold the dtype minimum: exactly the reference's masked value
-        self.bias = [torch.full(shape[:3], fast.neg, dtype=dtype, device=device) for _ in fast.layers]
+        bias_shape = (batch_size, fast.num_bias, max_length)
+        self.bias = [torch.full(bias_shape, fast.neg, dtype=dtype, device=device) for _ in fast.layers]
         self.length = 0
         self.max_length = max_length
         self.padded = False
@@ -338,7 +356,7 @@ class FastStepper:
              position_ids: torch.Tensor) -> torch.Tensor:
         """tokens: [B]; position_ids: [B] -> logits [B, V]."""
         fast = self.fast
-        if self.padded or self.length + 1 > fast.keep_window_size:
+        if self.padded or (fast.window_needs_mask and self.length + 1 > fast.keep_window_size):
             return fast.forward_tokens(self, tokens[:, None], position_ids[:, None], attention_mask)
         if self.length + 1 > self.max_length:
             raise ValueError(f"the cache holds {self.max_length} positions; cannot add another")
