@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -48,7 +49,9 @@ import torch
 from torch import nn
 
 from . import debug
-from .checkpoint import CheckpointError, detect_generation, read_tensors, resolve_folder, weight_files
+from .attention import BACKENDS
+from .checkpoint import (CheckpointError, detect_generation, inspect_checkpoint, read_tensors, resolve_folder,
+                         weight_files)
 from .model import DogeForCausalLM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -285,7 +288,7 @@ def write_stand_in(folder: str | Path, config, generation: str = "C", seed: int 
     scales away from their trivial values), so every part of the formula matters. The folder
     stands in for a published model when its weights are not at hand; it is not that model.
     """
-    from .checkpoint import _atomic_save, _atomic_write_text
+    from .atomic import atomic_save_safetensors, atomic_write_text
     from .testing import randomize_
 
     folder = Path(folder)
@@ -299,9 +302,9 @@ def write_stand_in(folder: str | Path, config, generation: str = "C", seed: int 
         raise ValueError(f"generation {generation!r}: write 'C' (native) or 'A' (classic)")
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in model.state_dict().items() if not (config.tie_word_embeddings and k == "lm_head.weight")}
-    _atomic_save({classic_key(k): v.contiguous() for k, v in state.items()}, folder / "model.safetensors",
-                 {"format": "pt"})
-    _atomic_write_text(folder / "config.json", json.dumps(classic_config_json(config), indent=2))
+    atomic_save_safetensors({classic_key(k): v.contiguous() for k, v in state.items()},
+                            folder / "model.safetensors", {"format": "pt"})
+    atomic_write_text(folder / "config.json", json.dumps(classic_config_json(config), indent=2))
     return folder
 
 
@@ -450,23 +453,75 @@ def format_report(report: ParityReport) -> str:
     return "\n".join(lines)
 
 
+class UsageError(Exception):
+    """A command-line argument the tool cannot use; main prints it as one line and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the usage block and exit; main decides instead
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return value
+
+
+def _device_name(text: str) -> str:
+    if text != "auto":
+        try:
+            torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m doge_from_scratch.parity", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="python -m doge_from_scratch.parity", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="Hub id (e.g. SmallDoge/Doge-20M) or local model folder")
     parser.add_argument("--against", help="load the reference from these weights instead (a checkpoint diff)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
+    parser.add_argument("--device", default="auto", type=_device_name,
+                        help="auto (CUDA when present, else CPU), cpu or cuda")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32,bfloat16")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=32, help="prompt tokens")
-    parser.add_argument("--new-tokens", type=int, default=16, help="greedy tokens compared")
+    parser.add_argument("--batch", type=_positive_int, default=1)
+    parser.add_argument("--seq-len", type=_positive_int, default=32, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=_positive_int, default=16, help="greedy tokens compared")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rtol", type=float, default=FLOAT32_RTOL,
+    parser.add_argument("--rtol", type=_positive_float, default=FLOAT32_RTOL,
                         help="float32 tolerance relative to max|logits| (and per module in the debugger)")
-    parser.add_argument("--backend", default="auto", help="our attention backend (auto, materialised, chunked)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="our attention backend")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="for classic checkpoints, try their own remote code first (runs downloaded code)")
     parser.add_argument("--json", action="store_true", help="also print the report as one JSON line")
     return parser
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
+    unknown = [d for d in args.dtypes if d not in DTYPES]
+    if unknown or not args.dtypes:
+        raise UsageError(f"argument --dtypes: unknown dtype(s) {unknown}; choose from {sorted(DTYPES)}")
+    return args
+
+
+def _error_line(err: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
 def _quiet_transformers() -> None:
@@ -478,19 +533,19 @@ def _quiet_transformers() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _quiet_transformers()
-    dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
-    unknown = [d for d in dtypes if d not in DTYPES]
-    if unknown:
-        print(f"parity: error: unknown dtype(s) {unknown}; choose from {sorted(DTYPES)}", file=sys.stderr)
-        return 2
+    """Exit status: 0 parity, 1 mismatch, 2 bad arguments or unreadable checkpoint (one line), 3 no reference."""
     try:
-        report = run_parity(args.model, against=args.against, device=args.device, dtypes=dtypes,
+        args = _parse(argv)
+        _quiet_transformers()
+        # Read and check both folders with our loader first (config.json, safetensors headers, shapes): any
+        # unreadable file is then a CheckpointError naming it, before a reference loader meets it.
+        for name in filter(None, (args.model, args.against)):
+            inspect_checkpoint(DogeForCausalLM, name)
+        report = run_parity(args.model, against=args.against, device=args.device, dtypes=args.dtypes,
                             batch=args.batch, seq_len=args.seq_len, new_tokens=args.new_tokens, seed=args.seed,
                             rtol=args.rtol, backend=args.backend, trust_remote_code=args.trust_remote_code)
-    except CheckpointError as err:
-        print(f"parity: error: {'; '.join(line.strip() for line in str(err).splitlines())}", file=sys.stderr)
+    except (UsageError, CheckpointError) as err:
+        print(f"parity: error: {_error_line(err)}", file=sys.stderr)
         return 2
     except NoReference as err:
         print(f"parity: no reference can run {args.model}: {err}", file=sys.stderr)
