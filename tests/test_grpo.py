@@ -1,0 +1,237 @@
+"""GRPO (lesson 10): rewards (with reward-hacking attempts), advantages, and parity with TRL 1.16's GRPOTrainer."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from doge_from_scratch import grpo, rewards
+from doge_from_scratch.data import REASONING_SYSTEM_PROMPT
+from doge_from_scratch.testing import tiny_model_for
+from doge_from_scratch.train_utils import trl_ready
+
+BT, ET, BS, ES = rewards.TAGS
+
+
+def reply(thought: str = "We compare 3.9 and 3.11.", solution: str = "The bigger number is 3.9.") -> str:
+    return f"{BT}\n\n{thought}\n\n{ET}\n\n{BS}\n\n{solution}\n\n{ES}"
+
+
+PROMPT = [{"role": "system", "content": REASONING_SYSTEM_PROMPT},
+          {"role": "user", "content": "Which number is bigger, 3.9 or 3.11?"}]
+
+# (reply, well formed, right answer to "3.9 or 3.11?")
+CASES = {
+    "right": (reply(), True, True),
+    "right, then end of turn": (reply() + "<|end_of_text|>", True, True),
+    "wrong": (reply(solution="The bigger number is 3.11."), True, False),
+    "no sections": ("The bigger number is 3.9.", False, False),
+    "empty thought": (reply(thought=""), False, False),
+    "empty solution": (reply(solution=" "), False, False),
+    "solution before thought": (f"{BS} The bigger number is 3.9. {ES} {BT} We compare. {ET}", False, False),
+    "repeated thought": (f"{BT} a {ET} {BT} b {ET} {BS} The bigger number is 3.9. {ES}", False, False),
+    "repeated solution": (reply() + f"\n\n{BS} The bigger number is 3.9. {ES}", False, False),
+    "second whole answer": (reply() + reply(), False, False),
+    "text after the end": (reply() + " Actually, 3.11.", False, False),
+    "unclosed thought": (f"{BT} We compare. {BS} The bigger number is 3.9. {ES}", False, False),
+    "answer stuffing": (reply(solution="3.11 3.9"), True, False),
+    "answer stuffing, other order": (reply(solution="3.9 or 3.11, the bigger number is 3.9"), True, False),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_rewards_resist_hacking(name):
+    text, formatted, right = CASES[name]
+    assert rewards.format_reward(completions=[text]) == [float(formatted)], name
+    got = rewards.accuracy_reward(prompts=[PROMPT], completions=[[{"role": "assistant", "content": text}]],
+                                  task=["compare_decimals"], answer=["3.9"])
+    assert got == [float(right)], name
+
+
+def test_accuracy_reward_uses_each_tasks_checker():
+    prompts = [[{"role": "system", "content": REASONING_SYSTEM_PROMPT}, {"role": "user", "content": q}]
+               for q in ("What is 17 + 25?", "Reverse the list: 1 2 3", "What is the capital of Peru?")]
+    good = [reply("Add.", "17 + 25 = 42"), reply("Reverse.", "The reversed list is 3 2 1."),
+            reply("Peru.", "The capital of Peru is Lima.")]
+    bad = [reply("Add.", "17 + 25 = 41"), reply("Reverse.", "The reversed list is 1 2 3."),
+           reply("Peru.", "The capital of Peru is Lima or Quito or Paris.")]
+    tasks, answers = ["addition", "reverse_digits", "capital"], ["42", "3 2 1", "Lima"]
+    assert rewards.accuracy_reward(prompts=prompts, completions=good, task=tasks, answer=answers) == [1.0] * 3
+    assert rewards.accuracy_reward(prompts=prompts, completions=bad, task=tasks, answer=answers) == [0.0] * 3
+    with pytest.raises(ValueError, match="same length"):
+        rewards.accuracy_reward(prompts=prompts, completions=good[:2], task=tasks, answer=answers)
+
+
+def test_group_advantages_by_formula():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 1.0, 3.0], dtype=torch.float64)
+    groups = r.view(2, 4)
+    centred = (groups - groups.mean(1, keepdim=True)).flatten()
+    # unbiased std of each group, written out
+    group_std = ((groups - groups.mean(1, keepdim=True)) ** 2).sum(1).div(3).sqrt().repeat_interleave(4)
+    batch_std = ((r - r.mean()) ** 2).sum().div(7).sqrt()
+    a, _ = grpo.group_advantages(r, 4, "group")
+    torch.testing.assert_close(a, centred / (group_std + 1e-4))
+    a, _ = grpo.group_advantages(r, 4, "batch")
+    torch.testing.assert_close(a, centred / (batch_std + 1e-4))
+    a, std = grpo.group_advantages(r, 4, "none")
+    torch.testing.assert_close(a, centred)
+    torch.testing.assert_close(std, group_std)
+    constant, _ = grpo.group_advantages(torch.ones(4), 4)
+    assert constant.abs().max() == 0  # a group where every completion scores alike teaches nothing
+    with pytest.raises(ValueError, match="scale_rewards"):
+        grpo.group_advantages(r, 4, "global")
+
+
+def test_clipped_loss_by_formula():
+    logps = torch.tensor([[-1.0, -2.0, -0.5]], dtype=torch.float64)
+    old = torch.tensor([[-1.5, -1.9, -0.5]], dtype=torch.float64)
+    ref = torch.tensor([[-1.2, -2.2, -0.4]], dtype=torch.float64)
+    for adv in (1.5, -0.5):
+        loss, diag = grpo.clipped_token_loss(logps, old, torch.tensor([adv], dtype=torch.float64), 0.2, 0.28,
+                                             beta=0.1, ref_logps=ref)
+        ratio = (logps - old).exp()
+        surrogate = torch.minimum(ratio * adv, ratio.clamp(0.8, 1.28) * adv)
+        kl = ((ref - logps).exp() - (ref - logps) - 1) * ratio
+        torch.testing.assert_close(loss, -surrogate + 0.1 * kl)
+        torch.testing.assert_close(diag["high"], ((ratio > 1.28) & (adv > 0)).double())
+        torch.testing.assert_close(diag["low"], ((ratio < 0.8) & (adv < 0)).double())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parity with TRL 1.16: the same model, prompts, completions and rewards
+# ----------------------------------------------------------------------------------------------------------
+
+G, PER_DEVICE, ACCUM, MAX_LEN, TEMPERATURE, LR = 4, 4, 2, 40, 0.9, 0.5
+QUESTIONS = [("Which number is bigger, 3.9 or 3.11?", "3.9"), ("Is 12.4 or 5.67 the bigger number?", "12.4")]
+
+
+def fixed_completions(tokenizer, round_: int) -> list[list[int]]:
+    """G completions per question: right, wrong, unformatted, and one cut off without an eos (lengths differ)."""
+    out = []
+    for q, (question, answer) in enumerate(QUESTIONS):
+        other = question.split()[-3] if q == 0 else "5.67"
+        texts = [reply(f"We compare {question[-12:]}" + " again" * round_, f"The bigger number is {answer}."),
+                 reply("Short.", f"The bigger number is {other}."),
+                 f"The bigger number is {answer}.",
+                 reply("We look at the whole parts first, then the decimals" + ", then more" * (3 + q))]
+        for i, text in enumerate(texts):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            out.append(ids[:MAX_LEN] if i == 3 else ids[:MAX_LEN - 1] + [tokenizer.eos_token_id])
+    return out
+
+
+def conversations():
+    return [[{"role": "system", "content": "Think, then answer."}, {"role": "user", "content": q}]
+            for q, _ in QUESTIONS]
+
+
+def reference_for(tokenizer, policy):
+    ref = tiny_model_for(tokenizer, seed=1)
+    ref.load_state_dict({k: 0.5 * (v + w) for (k, v), w in zip(policy.state_dict().items(),
+                                                                 ref.state_dict().values())})
+    return ref.eval()
+
+
+def run_trl(tokenizer, tmp_path, monkeypatch, loss_type, beta, num_iterations, steps, scale_rewards):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.trainer import grpo_trainer
+
+    model = trl_ready(tiny_model_for(tokenizer))
+    initial = copy.deepcopy(model)
+    ref = reference_for(tokenizer, model)
+    # TRL builds its reference by reloading the policy by name; ours lives in memory.
+    monkeypatch.setattr(grpo_trainer, "create_model_from_path", lambda *a, **k: trl_ready(copy.deepcopy(ref)))
+    # The generation batch is split into micro-batches in order (TRL shuffles it; bnpo depends on the split).
+    monkeypatch.setattr(grpo_trainer, "shuffle_sequence_dict", lambda d: d)
+    dataset = Dataset.from_list([{"prompt": c, "task": "compare_decimals", "answer": a}
+                                 for c, (_, a) in zip(conversations(), QUESTIONS)])
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=PER_DEVICE,
+                      gradient_accumulation_steps=ACCUM, num_generations=G, max_completion_length=MAX_LEN,
+                      temperature=TEMPERATURE, loss_type=loss_type, beta=beta, num_iterations=num_iterations,
+                      epsilon=0.2, epsilon_high=0.28, scale_rewards=scale_rewards, max_steps=steps,
+                      learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0, shuffle_dataset=False,
+                      seed=0, bf16=False, fp16=False, use_cpu=True, report_to="none", logging_steps=1,
+                      save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
+                      gradient_checkpointing=False, router_aux_loss_coef=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    trainer = GRPOTrainer(model=model, reward_funcs=list(rewards.REWARD_FUNCS), args=args, train_dataset=dataset,
+                          processing_class=tokenizer, optimizers=(optimizer, None))
+    rounds = iter(range(steps))
+
+    def fixed_generation(prompt_ids, images, multimodal_fields, num_generations, *a, **k):
+        completions = fixed_completions(tokenizer, next(rounds))
+        assert len(prompt_ids) == len(completions)
+        return completions, None
+
+    trainer._generate_single_turn = fixed_generation
+    advantages = []
+    score = trainer._generate_and_score_completions
+
+    def recording_score(inputs):
+        out = score(inputs)
+        advantages.append(out["advantages"].clone())
+        return out
+
+    trainer._generate_and_score_completions = recording_score
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h and "grad_norm" in h]
+    return logs, advantages, initial, ref
+
+
+CONFIGS = [(t, b, 2, 2, "group") for t in grpo.LOSS_TYPES for b in (0.0, 0.05)] + \
+          [("dapo", 0.05, 1, 2, "batch"), ("bnpo", 0.0, 1, 2, "none")]
+
+
+@pytest.mark.parametrize("loss_type, beta, num_iterations, steps, scale_rewards", CONFIGS)
+def test_equal_to_trl(tokenizer, tmp_path, monkeypatch, record_diff, loss_type, beta, num_iterations, steps,
+                      scale_rewards):
+    logs, trl_advantages, model, ref = run_trl(tokenizer, tmp_path, monkeypatch, loss_type, beta, num_iterations,
+                                               steps, scale_rewards)
+    assert len(logs) == steps
+    settings = grpo.GRPOSettings(num_generations=G, prompts_per_step=len(QUESTIONS), micro_batch=PER_DEVICE,
+                                 max_completion_length=MAX_LEN, temperature=TEMPERATURE, loss_type=loss_type,
+                                 beta=beta, num_iterations=num_iterations, epsilon=0.2, epsilon_high=0.28,
+                                 scale_rewards=scale_rewards, max_grad_norm=1.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    names = [grpo.reward_name(f) for f in rewards.REWARD_FUNCS]
+    ours = []
+    for round_ in range(steps // num_iterations):
+        repeated = [c for c in conversations() for _ in range(G)]
+        rollout = grpo.make_rollout(tokenizer, repeated, fixed_completions(tokenizer, round_))
+        columns = {"task": ["compare_decimals"] * len(repeated), "answer": [a for _, a in QUESTIONS for _ in range(G)]}
+        per_func = grpo.score(rollout, rewards.REWARD_FUNCS, columns)
+        ours += grpo.grpo_round(model, rollout, per_func, optimizer, None, settings, names, tokenizer.eos_token_id,
+                                tokenizer.pad_token_id, ref, first_step=len(ours) + 1)
+    # Both sides run the same float32 operations on the same weights (SGD, so an update is lr * g and round-off
+    # in g stays round-off in the weights; Adam's first step, lr * sign(g), would amplify it). What can differ is
+    # summation order and TRL's RoPE positions for left padding (it counts the padding, we do not: the same
+    # relative positions, other angles). Measured: a few 1e-8; 1e-6 relative is ~10x float32's epsilon headroom.
+    rel, keys = 1e-6, ["loss", "grad_norm", "reward", "reward_std", "frac_reward_zero_std", "entropy",
+                       *[f"rewards/{n}/{s}" for n in names for s in ("mean", "std")],
+                       *[f"clip_ratio/{k}" for k in ("low_mean", "low_min", "high_mean", "high_max", "region_mean")],
+                       "completions/mean_length", "completions/clipped_ratio"] + (["kl"] if beta else [])
+    # The loss is a signed average of per-token terms of size |A| * ratio (+ beta * kl) that largely cancel
+    # (advantages sum to zero in a group; at the first iteration with beta = 0 the loss is zero up to round-off).
+    # Round-off is relative to the terms, not to their sum: the loss gets rel * that scale as absolute tolerance.
+    scale = float(torch.cat(trl_advantages).abs().mean()) + beta * max(h.get("kl", 0.0) for h in logs)
+    worst = 0.0
+    for step, (theirs, mine) in enumerate(zip(logs, ours)):
+        values = {"loss": mine.loss, "grad_norm": mine.grad_norm, **mine.metrics}
+        for key in keys:
+            if key not in theirs:  # TRL logs generation metrics only on steps that generated
+                continue
+            size = scale if key == "loss" else max(abs(theirs[key]), 1e-30)
+            worst = max(worst, abs(values[key] - theirs[key]) / size)
+            assert values[key] == pytest.approx(theirs[key], rel=rel, abs=rel * scale if key == "loss" else 1e-9), \
+                f"{key} at step {step + 1}"
+    for theirs, mine in zip(trl_advantages, ours[::num_iterations]):
+        torch.testing.assert_close(torch.tensor(mine.advantages), theirs, rtol=rel, atol=1e-7)
+    record_diff(f"GRPO {loss_type} beta={beta} iters={num_iterations} {scale_rewards}: max rel diff", worst, rel)
+    assert logs[0]["reward_std"] > 0 and abs(logs[-1]["loss"]) > 1e-3  # not a comparison of zeros
+    if num_iterations > 1:
+        assert logs[1]["clip_ratio/region_mean"] > 0  # the second iteration is off-policy enough to clip
+    if beta:
+        assert logs[0]["kl"] > 0
