@@ -7,8 +7,12 @@ token is a training token and every micro-batch has the same number of them.
 
 Checkpoints hold everything needed to continue exactly where training stopped - weights, AdamW moments,
 scheduler position, RNG state, loss history - as safetensors (tensors) plus JSON (scalars), never pickle.
-They are written into a temporary folder and renamed into place, and `latest.json` is replaced atomically
-after that, so an interrupted save never leaves a half-written checkpoint behind.
+Each is written into a temporary folder that replaces the step's folder in one step (``atomic``), and
+`latest.json` is replaced atomically after that, so an interrupted save never leaves a half-written
+checkpoint behind. Resuming checks that the
+run is the one that was saved (same data, batch, seed, schedule, optimizer settings) and refuses otherwise,
+unless ``allow_config_change=True`` asks for the new settings explicitly; a checkpoint that cannot be read
+is named in a warning and the previous one is used instead.
 
     from doge_from_scratch.pretrain import ensure_pretrained
     folder = ensure_pretrained()   # artifacts/pretrained: runs the recipe below once if it is not there
@@ -17,21 +21,24 @@ after that, so an interrupted save never leaves a half-written checkpoint behind
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
-import os
+import re
 import shutil
-import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
+from .atomic import atomic_save_safetensors, atomic_write_text, replace_folder
 from .config import DogeConfig
 from .data import DATA_DIR, data_file, read_jsonl
 from .model import DogeForCausalLM
@@ -101,6 +108,12 @@ class PretrainConfig:
         warmup = round(self.warmup_ratio * self.max_steps)
         decay = round(self.decay_ratio * self.max_steps)
         return warmup, self.max_steps - warmup - decay, decay
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 1:
+            raise ValueError(f"PretrainConfig.keep_checkpoints={self.keep_checkpoints!r}: must be an integer >= 1 "
+                             "(the checkpoint latest.json points to is always kept; pass checkpoint_dir=None "
+                             "for no checkpoints)")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,6 +240,7 @@ class TrainState:
     step: int = 0  # optimizer steps done
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per step: step, loss, lr, grad_norm
     val_history: list[dict[str, float]] = field(default_factory=list)  # step, val_loss
+    train_data: dict[str, Any] | None = None  # data_fingerprint of the packed training rows
 
 
 def build_state(cfg: PretrainConfig, vocab_size: int) -> TrainState:
@@ -283,13 +297,19 @@ def evaluate(model: DogeForCausalLM, rows: torch.Tensor, batch_size: int = 16, b
 # ----------------------------------------------------------------------------------------------------------
 
 LATEST = "latest.json"
+_STEP_DIR = re.compile(r"step_(\d+)")
+# Settings that change nothing a resumed run computes: when and where it reports and saves.
+RESUME_NEUTRAL_FIELDS = frozenset({"eval_every", "checkpoint_every", "keep_checkpoints", "num_threads"})
 
 
-def _atomic_write_json(path: Path, value: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing or cannot be read; the message names the file."""
+
+
+def data_fingerprint(rows: torch.Tensor) -> dict[str, Any]:
+    """What identifies the packed training rows [N, T]: their count and a SHA-256 of the token ids."""
+    ids = rows.to(torch.int64).contiguous().numpy().tobytes()
+    return {"rows": int(rows.shape[0]), "sha256": hashlib.sha256(ids).hexdigest()}
 
 
 def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -314,17 +334,38 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     return {"state": state, "param_groups": groups}
 
 
+def checkpoint_steps(folder: str | Path) -> dict[int, Path]:
+    """{step: folder} of every ``step_N`` checkpoint folder in ``folder`` (numbers compared as numbers)."""
+    found = {}
+    for path in Path(folder).glob("step_*"):
+        match = _STEP_DIR.fullmatch(path.name)
+        if match and path.is_dir():
+            found[int(match.group(1))] = path
+    return found
+
+
+def prune_checkpoints(folder: str | Path, newest: int, keep: int) -> None:
+    """Keep checkpoint ``newest`` (the one latest.json points to) and the ``keep - 1`` before it; delete older ones.
+
+    Folders with a higher step belong to an earlier run that went further: they are left alone (this run
+    overwrites them when it gets there), and they are never taken for this run's own newest checkpoint.
+    """
+    steps = checkpoint_steps(folder)
+    older = sorted(step for step in steps if step < newest)
+    for step in older[: max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(steps[step])
+
+
 def save_checkpoint(state: TrainState, cfg: PretrainConfig, folder: str | Path) -> Path:
     """Write `folder/step_XXXXXX/` (complete before it appears) and point `folder/latest.json` at it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step_{state.step:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{final.name}.tmp-"))
-    try:
+    with replace_folder(final) as tmp:
         state.model.save_pretrained(tmp)
         opt_tensors, opt_meta = _optimizer_to_files(state.optimizer)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file({"torch_cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        atomic_save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
+        atomic_save_safetensors({"torch_cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
         # Our lambda is rebuilt from the config on resume; LambdaLR stores None for plain functions.
         scheduler_state = dict(state.scheduler.state_dict(), lr_lambdas=[None] * len(state.optimizer.param_groups))
         trainer_state = {
@@ -334,18 +375,11 @@ def save_checkpoint(state: TrainState, cfg: PretrainConfig, folder: str | Path) 
             "history": state.history,
             "val_history": state.val_history,
             "pretrain_config": cfg.to_json(),
+            "train_data": state.train_data,
         }
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    _atomic_write_json(folder / LATEST, {"step": state.step, "path": final.name})
-    kept = sorted(folder.glob("step_*"))
-    for old in kept[: max(0, len(kept) - cfg.keep_checkpoints)]:
-        shutil.rmtree(old)
+        atomic_write_text(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1))
+    atomic_write_text(folder / LATEST, json.dumps({"step": state.step, "path": final.name}, indent=1))
+    prune_checkpoints(folder, state.step, cfg.keep_checkpoints)
     return final
 
 
@@ -356,23 +390,148 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return Path(folder) / json.loads(pointer.read_text())["path"]
 
 
-def load_checkpoint(state: TrainState, checkpoint: str | Path) -> None:
-    """Restore weights, optimizer, scheduler, RNG and history into a freshly built `state`."""
+@dataclass
+class Checkpoint:
+    """Everything one checkpoint folder holds, read and checked before any of it touches a TrainState."""
+
+    path: Path
+    weights: dict[str, torch.Tensor]
+    optimizer_tensors: dict[str, torch.Tensor]
+    rng: torch.Tensor
+    trainer_state: dict[str, Any]
+
+
+def _read_file(path: Path, reader):
+    try:
+        return reader(path)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path}: file missing") from err
+    except (OSError, SafetensorError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from err
+
+
+def read_checkpoint(checkpoint: str | Path) -> Checkpoint:
+    """Read and sanity-check the four files of a checkpoint folder; CheckpointError names the first bad one."""
     checkpoint = Path(checkpoint)
-    weights = load_file(str(checkpoint / "model.safetensors"))
-    missing, unexpected = state.model.load_state_dict(weights, strict=False)
+    weights = _read_file(checkpoint / "model.safetensors", lambda p: load_file(str(p)))
+    optimizer_tensors = _read_file(checkpoint / "optimizer.safetensors", lambda p: load_file(str(p)))
+    rng = _read_file(checkpoint / "rng.safetensors", lambda p: load_file(str(p))).get("torch_cpu")
+    if rng is None:
+        raise CheckpointError(f"{checkpoint / 'rng.safetensors'}: no 'torch_cpu' tensor")
+    trainer_state = _read_file(checkpoint / "trainer_state.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
+    needed = ("step", "optimizer", "scheduler", "history", "val_history")
+    if not isinstance(trainer_state, dict) or any(key not in trainer_state for key in needed):
+        raise CheckpointError(f"{checkpoint / 'trainer_state.json'}: expected an object with keys {list(needed)}")
+    return Checkpoint(checkpoint, weights, optimizer_tensors, rng, trainer_state)
+
+
+def resume_differences(saved: Checkpoint, cfg: PretrainConfig, train_data: dict[str, Any] | None) -> list[str]:
+    """The settings in which ``cfg`` (and the packed training rows) differ from the run that wrote ``saved``.
+
+    Checkpoints written before the config was stored compare as equal: there is nothing to compare with.
+    """
+    stored = saved.trainer_state.get("pretrain_config")
+    changes = []
+    if stored is not None:
+        current = json.loads(json.dumps(cfg.to_json()))  # tuples as lists, as stored
+        for name in sorted(set(stored) | set(current)):
+            if name not in RESUME_NEUTRAL_FIELDS and stored.get(name) != current.get(name):
+                changes.append(f"{name} {stored.get(name)!r} -> {current.get(name)!r}")
+    saved_data = saved.trainer_state.get("train_data")
+    if saved_data is not None and train_data is not None and saved_data != train_data:
+        changes.append(f"data (packed training rows) {saved_data} -> {train_data}")
+    return changes
+
+
+def _apply_current_settings(state: TrainState, cfg: PretrainConfig) -> None:
+    """Give the restored optimizer and scheduler this run's settings.
+
+    ``load_state_dict`` brings back the saved learning rate, weight decay, betas and eps with the moments;
+    set them from ``cfg`` so an accepted change takes effect. For an unchanged config this recomputes the
+    saved values exactly (the same products), so resuming stays bit-exact.
+    """
+    decays = (cfg.weight_decay, 0.0)  # make_optimizer's two groups: matrices, then vectors
+    factor = state.scheduler.lr_lambdas[0](state.scheduler.last_epoch)
+    for group, weight_decay in zip(state.optimizer.param_groups, decays):
+        group.update(weight_decay=weight_decay, betas=cfg.betas, eps=cfg.eps, initial_lr=cfg.peak_lr,
+                     lr=cfg.peak_lr * factor)
+    state.scheduler.base_lrs = [cfg.peak_lr] * len(state.optimizer.param_groups)
+    state.scheduler._last_lr = [group["lr"] for group in state.optimizer.param_groups]
+
+
+def apply_checkpoint(state: TrainState, saved: Checkpoint, cfg: PretrainConfig | None = None) -> None:
+    """Restore weights, optimizer, scheduler, RNG and history from ``saved`` into a freshly built ``state``.
+
+    With ``cfg``, the optimizer and schedule take its settings (see ``_apply_current_settings``); without,
+    the saved ones.
+    """
+    missing, unexpected = state.model.load_state_dict(saved.weights, strict=False)
     tied_ok = {"lm_head.weight"} if state.model.config.tie_word_embeddings else set()
     if set(missing) - tied_ok or unexpected:
-        raise KeyError(f"{checkpoint}: checkpoint does not match the model: missing {sorted(set(missing) - tied_ok)}, "
-                       f"unexpected {sorted(unexpected)}")
-    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
-    opt_tensors = load_file(str(checkpoint / "optimizer.safetensors"))
-    state.optimizer.load_state_dict(_optimizer_from_files(opt_tensors, trainer_state["optimizer"]))
+        raise KeyError(f"{saved.path}: checkpoint does not match the model: missing "
+                       f"{sorted(set(missing) - tied_ok)}, unexpected {sorted(unexpected)}")
+    trainer_state = saved.trainer_state
+    state.optimizer.load_state_dict(_optimizer_from_files(saved.optimizer_tensors, trainer_state["optimizer"]))
     state.scheduler.load_state_dict(trainer_state["scheduler"])
-    torch.set_rng_state(load_file(str(checkpoint / "rng.safetensors"))["torch_cpu"])
+    if cfg is not None:
+        _apply_current_settings(state, cfg)
+    torch.set_rng_state(saved.rng)
     state.step = trainer_state["step"]
     state.history = trainer_state["history"]
     state.val_history = trainer_state["val_history"]
+
+
+def load_checkpoint(state: TrainState, checkpoint: str | Path, cfg: PretrainConfig | None = None) -> None:
+    """Read ``checkpoint`` and restore it into ``state`` (with ``cfg``'s optimizer settings, else the saved ones)."""
+    apply_checkpoint(state, read_checkpoint(checkpoint), cfg)
+
+
+def resume_candidates(folder: str | Path) -> list[Path]:
+    """Where to resume from, best first: latest.json's checkpoint, then the older ones, newest first.
+
+    An unreadable latest.json is warned about and every checkpoint folder becomes a candidate.
+    """
+    folder = Path(folder)
+    pointer = folder / LATEST
+    if not pointer.is_file():
+        raise FileNotFoundError(f"resume=True but no {LATEST} in {folder}")
+    steps = checkpoint_steps(folder)
+    try:
+        latest = json.loads(pointer.read_text(encoding="utf-8"))
+        newest, path = int(latest["step"]), folder / latest["path"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        warnings.warn(f"{pointer}: unreadable ({type(err).__name__}: {err}); trying the checkpoint folders "
+                      f"{[steps[s].name for s in sorted(steps, reverse=True)]}", stacklevel=3)
+        return [steps[s] for s in sorted(steps, reverse=True)]
+    return [path] + [steps[s] for s in sorted(steps, reverse=True) if s < newest]
+
+
+def resume_from(state: TrainState, folder: str | Path, cfg: PretrainConfig,
+                allow_config_change: bool = False) -> Path:
+    """Restore the newest readable checkpoint of ``folder`` into ``state``; returns its path.
+
+    A checkpoint that cannot be read is named in a warning and the previous one is tried. A run whose settings
+    or data differ from the saved run's raises ValueError listing the differences, unless
+    ``allow_config_change`` (then they are listed in a warning and the new settings are used).
+    """
+    failures = []
+    for path in resume_candidates(folder):
+        try:
+            saved = read_checkpoint(path)
+        except CheckpointError as err:
+            failures.append(str(err))
+            warnings.warn(f"cannot resume from {path.name}: {err}; trying the previous checkpoint", stacklevel=3)
+            continue
+        changes = resume_differences(saved, cfg, state.train_data)
+        if changes and not allow_config_change:
+            raise ValueError(f"resuming {path} with different settings: {'; '.join(changes)}. Use the saved "
+                             "settings, or pass allow_config_change=True to continue with the new ones")
+        if changes:
+            warnings.warn(f"resuming {path} with changed settings (allow_config_change=True): {'; '.join(changes)}",
+                          stacklevel=3)
+        apply_checkpoint(state, saved, cfg)
+        return path
+    raise CheckpointError(f"no readable checkpoint in {folder}: {'; '.join(failures)}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -395,8 +554,12 @@ class PretrainResult:
 
 def pretrain(cfg: PretrainConfig | None = None, tokenizer=None, checkpoint_dir: str | Path | None = None,
              resume: bool = False, stop_after: int | None = None, progress: bool = True,
-             data_dir: str | Path = DATA_DIR) -> PretrainResult:
-    """Run (or continue) the recipe. `stop_after` ends early at that step, as an interruption would."""
+             data_dir: str | Path = DATA_DIR, allow_config_change: bool = False) -> PretrainResult:
+    """Run (or continue) the recipe. `stop_after` ends early at that step, as an interruption would.
+
+    ``resume=True`` continues from ``checkpoint_dir`` (see ``resume_from``): it refuses settings or data that
+    differ from the saved run's unless ``allow_config_change=True``.
+    """
     cfg = cfg or PretrainConfig()
     torch.set_num_threads(cfg.num_threads)
     tokenizer = tokenizer or load_tokenizer()
@@ -404,11 +567,11 @@ def pretrain(cfg: PretrainConfig | None = None, tokenizer=None, checkpoint_dir: 
     val_rows = pack_documents(load_corpus("test", cfg.max_val_docs, data_dir), tokenizer, cfg.seq_len)
     schedule = RowSchedule(len(train_rows), cfg.micro_batch_size, cfg.seed)
     state = build_state(cfg, len(tokenizer))
+    state.train_data = data_fingerprint(train_rows)
     if resume:
-        found = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
-        if found is None:
-            raise FileNotFoundError(f"resume=True but no {LATEST} in {checkpoint_dir}")
-        load_checkpoint(state, found)
+        if checkpoint_dir is None:
+            raise FileNotFoundError(f"resume=True but no checkpoint_dir (the folder holding {LATEST})")
+        resume_from(state, checkpoint_dir, cfg, allow_config_change)
     elif not state.val_history:
         state.val_history.append({"step": 0, "val_loss": evaluate(state.model, val_rows, bf16=cfg.bf16)})
     end = cfg.max_steps if stop_after is None else min(stop_after, cfg.max_steps)
@@ -431,27 +594,13 @@ def pretrain(cfg: PretrainConfig | None = None, tokenizer=None, checkpoint_dir: 
 def save_pretrained_model(result: PretrainResult, tokenizer, folder: str | Path, cfg: PretrainConfig) -> Path:
     """Write the model and tokenizer in Hugging Face layout, plus the run's curves (replaced as a whole)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
+    with replace_folder(folder) as tmp:
         result.model.save_pretrained(tmp)
         tokenizer.save_pretrained(str(tmp))
         summary = {"final_val_loss": result.final_val_loss, "history": result.history,
                    "val_history": result.val_history, "tokens_per_second": result.tokens_per_second,
                    "seconds": result.seconds, "pretrain_config": cfg.to_json()}
-        (tmp / "pretrain_summary.json").write_text(json.dumps(summary, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            # Another process (a notebook running ensure_pretrained) filled the folder between our rmtree and
-            # the rename; theirs is complete, so replace it the same two-step way once more.
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        atomic_write_text(tmp / "pretrain_summary.json", json.dumps(summary, indent=1))
     return folder
 
 
