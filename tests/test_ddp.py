@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from doge_from_scratch import DogeForCausalLM, dpo, sft
+from doge_from_scratch import DogeForCausalLM, dpo, grpo, sft
 from doge_from_scratch.data import data_file, read_jsonl
 from doge_from_scratch.testing import randomize_, tiny_config
 from doge_from_scratch.tokenizer import load_tokenizer
@@ -65,6 +65,29 @@ def run(stage: str, world: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
     return logs, {k: v.detach().clone().contiguous() for k, v in trained.state_dict().items()}
 
 
+def length_reward(completions, **_) -> list[float]:
+    """Varied, deterministic rewards for a random model (whose completions never earn the lesson's rewards)."""
+    return [float(len(c) % 5) for c in completions]
+
+
+GRPO_CASES = {"grpo_dapo": dict(loss_type="dapo", beta=0.05, num_iterations=2),
+              "grpo_bnpo": dict(loss_type="bnpo", beta=0.0, num_iterations=1)}
+
+
+def run_grpo(case: str, world: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """STEPS GRPO rounds; every process samples the whole generation batch (same seed) and trains on its shard."""
+    tokenizer = load_tokenizer()
+    model = build(tokenizer)
+    ref = randomize_(build(tokenizer), 5).eval()
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    settings = grpo.GRPOSettings(steps=STEPS, prompts_per_step=2, num_generations=4, micro_batch=2,
+                                 max_completion_length=12, lr=1e-3, **GRPO_CASES[case])
+    history = grpo.train_grpo(trained, tokenizer, grpo.comparison_records(8, "train", 0), [length_reward], settings,
+                              ref_model=ref, progress=False)
+    logs = [{"loss": h.loss, "grad_norm": h.grad_norm, "items": h.items, **h.metrics} for h in history]
+    return logs, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
 def worker(rank_: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -75,6 +98,10 @@ def worker(rank_: int, world: int, port: int, out: str) -> None:
             logs, weights = run(stage, world)
             save_file(weights, str(Path(out) / f"{stage}_rank{rank_}.safetensors"))
             (Path(out) / f"{stage}_rank{rank_}.json").write_text(json.dumps(logs))
+        for case in GRPO_CASES:
+            logs, weights = run_grpo(case, world)
+            save_file(weights, str(Path(out) / f"{case}_rank{rank_}.safetensors"))
+            (Path(out) / f"{case}_rank{rank_}.json").write_text(json.dumps(logs))
     finally:
         dist.destroy_process_group()
 
@@ -120,3 +147,24 @@ def test_two_processes_equal_one(two_process_run, stage):
             assert diff.max() <= 2 * 1e-3 * STEPS, f"{name}: max diff {diff.max():.2e}"
             assert (diff > 1e-5).float().mean() <= 1e-3, f"{name}: {(diff > 1e-5).sum()} of {diff.numel()} off"
     assert logs_1[0]["loss"] != logs_1[1]["loss"]  # the weights really moved between steps
+
+
+@pytest.mark.parametrize("case", GRPO_CASES)
+def test_grpo_two_processes_equal_one(two_process_run, case):
+    """Same completions on both processes (same seed, same weights); the loss normaliser spans the processes."""
+    logs_1, weights_1 = run_grpo(case, world=1)
+    n_steps = STEPS * GRPO_CASES[case]["num_iterations"]
+    for r in range(2):
+        logs_2 = json.loads((two_process_run / f"{case}_rank{r}.json").read_text())
+        weights_2 = load_file(str(two_process_run / f"{case}_rank{r}.safetensors"))
+        assert len(logs_2) == len(logs_1) == n_steps
+        for a, b in zip(logs_1, logs_2):
+            assert a["items"] == b["items"]
+            assert a["reward"] == b["reward"]  # the same completions were sampled
+            for key in ("loss", "grad_norm", "clip_ratio/region_mean", "entropy"):
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+        for name, w in weights_1.items():  # the same bound as SFT and DPO above (Adam, lr 1e-3)
+            diff = (weights_2[name] - w).abs()
+            assert diff.max() <= 2 * 1e-3 * n_steps, f"{name}: max diff {diff.max():.2e}"
+            assert (diff > 1e-5).float().mean() <= 1e-3, f"{name}: {(diff > 1e-5).sum()} of {diff.numel()} off"
+    assert logs_1[0]["reward_std"] > 0 and logs_1[0]["grad_norm"] > 0
