@@ -1,0 +1,492 @@
+"""Benchmark scoring from scratch, the way lm-evaluation-harness (lm-eval 0.4.13) scores the model cards' tables.
+
+Multiple choice by log-likelihood. A question becomes a *context* string (a task description, few-shot examples,
+the question) and each answer choice a *continuation* (the target delimiter, a space, then the choice). The score of a
+choice is the summed log-probability of its continuation tokens given the context:
+
+    ll(choice) = sum_t log p(cont_t | context, cont_<t)
+
+``acc`` is 1 when the best choice by ll is the gold one; ``acc_norm`` divides ll by the choice's length in characters
+first (the harness's ``len(choice)``, without the delimiter), so long answers are not punished for having more tokens
+to pay for. Ties go to the first choice (``numpy.argmax``).
+
+Tokenisation at the boundary, as the harness's causal models do it (``LM._encode_pair``): trailing whitespace of the
+context moves to the front of the continuation, then ``encode(context + continuation)`` is split after
+``len(encode(context))`` tokens. A BPE that merges a space into the next word ("Ġ5") would otherwise see a context
+ending in a bare space that it never saw in training. An empty context is replaced by one prefix token (bos, or eos
+if there is none). The model sees ``(context + continuation)[:-1]``, truncated from the left to its maximum length.
+
+Generation with verifiable answers: greedy chat replies (``generation.chat_replies``), scored by exact match of the
+extracted, normalised answer, or by IFEval's checks (``length_constraints:number_words``, ``startend:end_checker``,
+``punctuation:no_comma``, strict and loose as IFEval defines them).
+
+Every score comes with the harness's standard error: the sample standard deviation over items / sqrt(n).
+
+    python -m doge_from_scratch.evaluate artifacts/sft --tasks doge_arc,doge_piqa     # local benchmark files
+    python -m doge_from_scratch.evaluate SmallDoge/Doge-60M-Instruct --tasks arc_easy,piqa   # the harness's tasks
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import string
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .benchmarks import BENCHMARK_DIR, read_benchmark
+from .data import DataFormatError
+
+# ------------------------------------------------------------------------------------------- statistics
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, standard error of the mean) with the sample standard deviation (n - 1), as the harness reports it.
+
+    One item has no spread to estimate: its stderr is nan.
+    """
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to average")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def first_argmax(values: Sequence[float]) -> int:
+    """Index of the largest value; the first one on ties (what numpy.argmax returns)."""
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def choice_metrics(lls: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
+    """acc (raw ll) and acc_norm (ll per character of the choice text) for one question."""
+    if not 0 <= gold < len(choices):
+        raise ValueError(f"gold index {gold} is outside the {len(choices)} choices")
+    per_char = [ll / len(c) for ll, c in zip(lls, choices)]
+    return {"acc": float(first_argmax(lls) == gold), "acc_norm": float(first_argmax(per_char) == gold)}
+
+
+# ---------------------------------------------------------------------------------------- tokenisation
+
+
+def _encode(tokenizer, text: str, add_special_tokens: bool | None = None) -> list[int]:
+    """The harness's ``tok_encode``: the tokenizer's own default, except that text already starting with the bos
+    string is not given a second bos."""
+    if add_special_tokens is None:
+        bos = tokenizer.bos_token
+        add_special_tokens = not (bos and text.startswith(bos))
+    return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+
+def prefix_token_id(tokenizer) -> int:
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) split the way the harness splits them at the boundary (module docstring)."""
+    if context == "":
+        cont = _encode(tokenizer, continuation, add_special_tokens=False)
+        prefix = prefix_token_id(tokenizer)
+        return ([prefix], cont) if cont[:1] != [prefix] else (cont[:1], cont[1:])
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = _encode(tokenizer, context + continuation)
+    context_ids = _encode(tokenizer, context)
+    return context_ids, whole[len(context_ids):]
+
+
+# --------------------------------------------------------------------------------------- log-likelihood
+
+
+@dataclass(frozen=True)
+class LoglikelihoodResult:
+    logprob: float  # summed log-probability of the continuation tokens
+    is_greedy: bool  # every continuation token is the argmax at its position
+    n_tokens: int
+
+
+def _model_inputs(context_ids: list[int], cont_ids: list[int], max_length: int) -> list[int]:
+    if not cont_ids:
+        raise ValueError("an empty continuation has no log-likelihood (an empty choice text?)")
+    return (context_ids + cont_ids)[-(max_length + 1):][:-1]
+
+
+@torch.no_grad()
+def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
+                   max_length: int | None = None) -> list[LoglikelihoodResult]:
+    """log p(continuation | context) for each (context, continuation) string pair.
+
+    Rows are sorted longest first and run ``batch_size`` at a time, right-padded with no attention mask: the model
+    is causal, so padding after a row's last token cannot change that row's logits. Log-softmax in float32.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    max_length = max_length or model.config.max_position_embeddings
+    encoded = [encode_pair(tokenizer, c, x) for c, x in pairs]
+    inputs = [_model_inputs(c, x, max_length) for c, x in encoded]
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    model.eval()
+    results: list[LoglikelihoodResult | None] = [None] * len(inputs)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = len(inputs[rows[0]])
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, :len(inputs[i])] = torch.tensor(inputs[i])
+        log_probs = torch.log_softmax(model(ids.to(device)).logits.float(), dim=-1)
+        for r, i in enumerate(rows):
+            cont = torch.tensor(encoded[i][1], device=device)
+            end = len(inputs[i])
+            scores = log_probs[r, end - len(cont):end]  # [n_cont, V]: position t predicts token t + 1
+            picked = scores.gather(-1, cont[:, None]).squeeze(-1)
+            results[i] = LoglikelihoodResult(float(picked.sum()), bool((scores.argmax(-1) == cont).all()), len(cont))
+    return results  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------- multiple choice
+
+
+@dataclass(frozen=True)
+class MultipleChoiceItem:
+    """One question: the full context (description, few-shot examples, question) and the answer texts."""
+
+    context: str
+    choices: list[str]
+    gold: int
+    target_delimiter: str = " "
+
+    def continuations(self) -> list[str]:
+        return [self.target_delimiter + c for c in self.choices]
+
+
+def fewshot_context(question: str, shots: Sequence[tuple[str, str]] = (), description: str = "",
+                    target_delimiter: str = " ", fewshot_delimiter: str = "\n\n") -> str:
+    """description + each example's question, delimiter, answer and example delimiter + the question.
+
+    The harness renders plain-text prompts this way: the description is glued to the first example as it is (real
+    task descriptions end in a blank line), and every example ends with the few-shot delimiter.
+    """
+    examples = "".join(q + target_delimiter + a + fewshot_delimiter for q, a in shots)
+    return description + examples + question
+
+
+# Doc formats: a row of the real data set -> (question text, choice texts, gold index), as the harness's YAMLs
+# (arc_easy, piqa, hellaswag, mmlu default) render them.
+def arc_doc(row: Mapping[str, Any]) -> tuple[str, list[str], int]:
+    labels = list(row["choices"]["label"])
+    if row["answerKey"] not in labels:
+        raise DataFormatError(f"ARC row {row.get('id', '?')}: answerKey {row['answerKey']!r} not in labels {labels}")
+    return f"Question: {row['question']}\nAnswer:", list(row["choices"]["text"]), labels.index(row["answerKey"])
+
+
+def piqa_doc(row: Mapping[str, Any]) -> tuple[str, list[str], int]:
+    return f"Question: {row['goal']}\nAnswer:", [row["sol1"], row["sol2"]], int(row["label"])
+
+
+def hellaswag_clean(text: str) -> str:
+    """HellaSwag's clean-up of WikiHow artefacts: " [title]" becomes ". ", other [tags] go, double spaces halve."""
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
+def hellaswag_doc(row: Mapping[str, Any]) -> tuple[str, list[str], int]:
+    query = hellaswag_clean(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}")
+    return query, [hellaswag_clean(e) for e in row["endings"]], int(row["label"])
+
+
+def mmlu_doc(row: Mapping[str, Any]) -> tuple[str, list[str], int]:
+    options = "".join(f"\n{letter}. {text}" for letter, text in zip("ABCD", row["choices"]))
+    return f"{row['question'].strip()}{options}\nAnswer:", ["A", "B", "C", "D"], int(row["answer"])
+
+
+def mmlu_description(subject: str) -> str:
+    return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+
+
+def multiple_choice_items(doc: Callable[[Mapping[str, Any]], tuple[str, list[str], int]],
+                          rows: Sequence[Mapping[str, Any]], fewshot_rows: Sequence[Mapping[str, Any]] = (),
+                          num_fewshot: int = 0, description: Callable[[Mapping[str, Any]], str] | None = None,
+                          group: Callable[[Mapping[str, Any]], Any] | None = None) -> list[MultipleChoiceItem]:
+    """Items for ``rows``, each with the first ``num_fewshot`` rows of ``fewshot_rows`` (of the same ``group``, e.g.
+    MMLU's subject) as examples: the harness's ``first_n`` sampler, which MMLU uses."""
+    items = []
+    for row in rows:
+        pool = [r for r in fewshot_rows if group is None or group(r) == group(row)]
+        if len(pool) < num_fewshot:
+            raise ValueError(f"{num_fewshot}-shot needs {num_fewshot} examples, the few-shot rows have {len(pool)}")
+        shots = []
+        for shot in pool[:num_fewshot]:
+            q, choices, gold = doc(shot)
+            shots.append((q, choices[gold]))
+        question, choices, gold = doc(row)
+        context = fewshot_context(question, shots, description(row) if description else "")
+        items.append(MultipleChoiceItem(context, choices, gold))
+    return items
+
+
+@dataclass
+class TaskResult:
+    """Scores of one task: ``metrics[name] = (value, stderr)``, plus what each item got (for inspection)."""
+
+    name: str
+    metrics: dict[str, tuple[float, float]]
+    n: int
+    chance: float | None
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+def score_multiple_choice(model, tokenizer, name: str, items: Sequence[MultipleChoiceItem], batch_size: int = 32,
+                          chance: float | None = None) -> TaskResult:
+    pairs = [(item.context, cont) for item in items for cont in item.continuations()]
+    results = iter(loglikelihoods(model, tokenizer, pairs, batch_size))
+    per_item = []
+    for item in items:
+        lls = [next(results).logprob for _ in item.choices]
+        per_item.append({"lls": lls, "gold": item.gold, **choice_metrics(lls, item.choices, item.gold)})
+    metrics = {m: mean_stderr([r[m] for r in per_item]) for m in ("acc", "acc_norm")}
+    if chance is None:
+        chance = sum(1 / len(item.choices) for item in items) / len(items)
+    return TaskResult(name, metrics, len(items), chance, per_item)
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+def extract_answer(reply: str) -> str:
+    """The short answer in a lesson-style reply: what follows its last "is" or "=" ("The capital of Egypt is
+    Cairo." -> "Cairo."); the whole reply when there is neither."""
+    reply = reply.strip()
+    marks = list(re.finditer(r"=|\bis\b", reply))
+    return reply[marks[-1].end():].strip() if marks else reply
+
+
+def normalise_answer(text: str) -> str:
+    """Lower case, single spaces, no punctuation at either end (a full stop inside "3.11" stays)."""
+    text = " ".join(text.lower().split())
+    return text.strip(string.punctuation + " ")
+
+
+def exact_match(reply: str, answer: str) -> bool:
+    return normalise_answer(extract_answer(reply)) == normalise_answer(answer)
+
+
+def count_words(text: str) -> int:
+    """IFEval's word count: runs of word characters (letters, digits, underscore)."""
+    return len(re.findall(r"\w+", text))
+
+
+def _follows(instruction_id: str, kwargs: Mapping[str, Any], response: str, where: str) -> bool:
+    if instruction_id == "length_constraints:number_words":
+        n, relation = count_words(response), kwargs["relation"]
+        if relation == "less than":
+            return n < kwargs["num_words"]
+        if relation == "at least":
+            return n >= kwargs["num_words"]
+        raise DataFormatError(f"{where}: number_words relation {relation!r}; expected 'less than' or 'at least'")
+    if instruction_id == "startend:end_checker":
+        return response.strip().strip('"').lower().endswith(kwargs["end_phrase"].strip().lower())
+    if instruction_id == "punctuation:no_comma":
+        return "," not in response
+    raise DataFormatError(f"{where}: instruction {instruction_id!r} is not one this scorer checks "
+                          "(length_constraints:number_words, startend:end_checker, punctuation:no_comma)")
+
+
+def _loose_variants(response: str) -> list[str]:
+    """IFEval's loose reading: the response, without its first and/or last line, each also without asterisks."""
+    lines = response.split("\n")
+    cut = [response, "\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(), "\n".join(lines[1:-1]).strip()]
+    return cut[:1] + [cut[0].replace("*", "")] + cut[1:] + [c.replace("*", "") for c in cut[1:]]
+
+
+def instruction_results(row: Mapping[str, Any], response: str, loose: bool = False, where: str = "") -> list[bool]:
+    """One bool per instruction of an IFEval row. An empty (or all-space) response follows nothing."""
+    ids, kwargs = row["instruction_id_list"], row["kwargs"]
+    if len(ids) != len(kwargs):
+        raise DataFormatError(f"{where}: {len(ids)} instructions but {len(kwargs)} kwargs entries")
+    variants = _loose_variants(response) if loose else [response]
+    return [any(r.strip() and _follows(i, kw, r, where) for r in variants) for i, kw in zip(ids, kwargs)]
+
+
+def ifeval_scores(rows: Sequence[Mapping[str, Any]], responses: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """prompt- and instruction-level accuracy, strict and loose. Instruction level averages over all instructions
+    of all prompts (the harness gives it no stderr, its aggregation being a custom function; ours treats the
+    instructions as the items)."""
+    out = {}
+    for mode in ("strict", "loose"):
+        per_prompt = [instruction_results(row, resp, mode == "loose", f"ifeval row {i + 1}")
+                      for i, (row, resp) in enumerate(zip(rows, responses))]
+        out[f"prompt_level_{mode}_acc"] = mean_stderr([float(all(p)) for p in per_prompt])
+        out[f"inst_level_{mode}_acc"] = mean_stderr([float(x) for p in per_prompt for x in p])
+    return out
+
+
+def _replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    from .data import _cut_at_end_of_turn
+    from .generation import chat_replies
+
+    replies = chat_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens,
+                           batch_size)
+    return [_cut_at_end_of_turn(r) for r in replies]
+
+
+# ------------------------------------------------------------------------------------------ the tasks
+
+
+@dataclass(frozen=True)
+class LocalTask:
+    """One of the project's benchmark files, scored like the real benchmark whose format it has."""
+
+    name: str
+    imitates: str  # the real benchmark
+    run: Callable[..., TaskResult]
+
+
+def _mc_task(name: str, file: str, doc, chance: float | None = None, fewshot_file: str | None = None,
+             num_fewshot: int = 0, description=None, group=None) -> Callable[..., TaskResult]:
+    def run(model, tokenizer, folder: str | Path = BENCHMARK_DIR, limit: int | None = None, batch_size: int = 32,
+            **_: Any) -> TaskResult:
+        rows = read_benchmark(file, folder)[:limit]
+        shots = read_benchmark(fewshot_file, folder) if fewshot_file else []
+        items = multiple_choice_items(doc, rows, shots, num_fewshot, description, group)
+        return score_multiple_choice(model, tokenizer, name, items, batch_size, chance)
+
+    return run
+
+
+def _run_ifeval(model, tokenizer, folder: str | Path = BENCHMARK_DIR, limit: int | None = None, batch_size: int = 32,
+                max_new_tokens: int = 48, **_: Any) -> TaskResult:
+    rows = read_benchmark("ifeval", folder)[:limit]
+    replies = _replies(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, batch_size)
+    items = [{"prompt": r["prompt"], "reply": reply, "strict": instruction_results(r, reply)}
+             for r, reply in zip(rows, replies)]
+    return TaskResult("doge_ifeval", ifeval_scores(rows, replies), len(rows), None, items)
+
+
+def _run_qa(model, tokenizer, folder: str | Path = BENCHMARK_DIR, limit: int | None = None, batch_size: int = 32,
+            max_new_tokens: int = 32, **_: Any) -> TaskResult:
+    rows = read_benchmark("qa_test", folder)[:limit]
+    replies = _replies(model, tokenizer, [r["question"] for r in rows], max_new_tokens, batch_size)
+    items = [{"question": r["question"], "answer": r["answer"], "reply": reply, "exact_match": exact_match(reply, r["answer"])}
+             for r, reply in zip(rows, replies)]
+    metrics = {"exact_match": mean_stderr([float(i["exact_match"]) for i in items])}
+    return TaskResult("doge_qa", metrics, len(rows), 0.0, items)
+
+
+LOCAL_TASKS: dict[str, LocalTask] = {t.name: t for t in (
+    LocalTask("doge_arc", "ARC (arc_easy)", _mc_task("doge_arc", "arc_test", arc_doc)),
+    LocalTask("doge_piqa", "PIQA", _mc_task("doge_piqa", "piqa_validation", piqa_doc)),
+    LocalTask("doge_hellaswag", "HellaSwag", _mc_task("doge_hellaswag", "hellaswag_validation", hellaswag_doc)),
+    LocalTask("doge_mmlu", "MMLU (5-shot)", _mc_task("doge_mmlu", "mmlu_test", mmlu_doc, 0.25, "mmlu_dev", 5,
+                                                     lambda r: mmlu_description(r["subject"]), lambda r: r["subject"])),
+    LocalTask("doge_ifeval", "IFEval", _run_ifeval),
+    LocalTask("doge_qa", "short-answer QA (exact match)", _run_qa),
+)}
+# The metric each task's headline column shows (the cards' IFEval column is prompt-level strict accuracy).
+HEADLINE = {"doge_arc": "acc", "doge_piqa": "acc", "doge_hellaswag": "acc_norm", "doge_mmlu": "acc",
+            "doge_ifeval": "prompt_level_strict_acc", "doge_qa": "exact_match"}
+
+
+def evaluate(model, tokenizer, tasks: Sequence[str] = tuple(LOCAL_TASKS), limit: int | None = None,
+             batch_size: int = 32, folder: str | Path = BENCHMARK_DIR) -> dict[str, TaskResult]:
+    """Score ``model`` on the project's benchmark files (``LOCAL_TASKS``)."""
+    unknown = [t for t in tasks if t not in LOCAL_TASKS]
+    if unknown:
+        raise ValueError(f"unknown local task(s) {unknown}; local tasks are {sorted(LOCAL_TASKS)}")
+    return {t: LOCAL_TASKS[t].run(model, tokenizer, folder=folder, limit=limit, batch_size=batch_size) for t in tasks}
+
+
+def format_results(results: Mapping[str, TaskResult]) -> str:
+    """A markdown table in the harness's layout: task, n, metric, value, stderr."""
+    lines = ["| task | n | metric | value | stderr |", "|---|---|---|---|---|"]
+    for name, result in results.items():
+        for metric, (value, err) in result.metrics.items():
+            lines.append(f"| {name} | {result.n} | {metric} | {value:.4f} | {err:.4f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def run_harness_tasks(model, tokenizer, tasks: Sequence[str], limit: int | None, batch_size: int,
+                      num_fewshot: int | None, apply_chat_template: bool) -> dict[str, Any]:
+    """lm-eval's own task registry (it downloads the data sets from the Hub) on our model, through its HFLM class."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
+                                   apply_chat_template=apply_chat_template)["results"]
+
+
+def load_model_and_tokenizer(name_or_path: str):
+    """Our loader (every checkpoint generation, safetensors only) and the tokenizer stored beside the weights."""
+    from .checkpoint import resolve_folder
+    from .model import DogeForCausalLM
+    from .tokenizer import load_tokenizer
+
+    folder = resolve_folder(name_or_path)
+    return DogeForCausalLM.from_pretrained(folder).eval(), load_tokenizer(folder)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m doge_from_scratch.evaluate",
+                                     description="Score a Doge checkpoint on benchmarks, as lm-evaluation-harness does.")
+    parser.add_argument("model", help="a local model folder or a Hub id (org/name)")
+    parser.add_argument("--tasks", default=",".join(LOCAL_TASKS),
+                        help=f"comma-separated; local: {', '.join(LOCAL_TASKS)}; any other name is an lm-eval task "
+                             "(arc_easy, piqa, hellaswag, mmlu, ifeval, ...), which needs the Hub")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-fewshot", type=int, default=None, help="lm-eval tasks only")
+    parser.add_argument("--apply-chat-template", action="store_true", help="lm-eval tasks only")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"evaluate: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .parity import _quiet_transformers
+
+    args = build_parser().parse_args(argv)
+    _quiet_transformers()
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    local = [t for t in tasks if t in LOCAL_TASKS]
+    harness = [t for t in tasks if t not in LOCAL_TASKS]
+    try:
+        model, tokenizer = load_model_and_tokenizer(args.model)
+    except (CheckpointError, FileNotFoundError) as err:
+        return _fail(str(err))
+    if local:
+        try:
+            print(format_results(evaluate(model, tokenizer, local, args.limit, args.batch_size)))
+        except (DataFormatError, FileNotFoundError) as err:
+            return _fail(str(err))
+    if harness:
+        try:
+            results = run_harness_tasks(model, tokenizer, harness, args.limit, args.batch_size, args.num_fewshot,
+                                        args.apply_chat_template)
+        except Exception as err:  # the harness fails in many ways offline (task data, registry); say it in a line
+            return _fail(f"lm-eval tasks {harness} could not run ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'no details'}); they download their data "
+                         "sets from the Hub")
+        for task, metrics in results.items():
+            print(task, {k: v for k, v in metrics.items() if k != "alias"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
