@@ -29,7 +29,6 @@ functions, so they inherit the teaching model's numbers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -139,7 +138,7 @@ class FastDoge:
         self.act_fn = ACT_FNS[config.hidden_act]
         self.is_moe = config.is_moe
         if self.is_moe:
-            self.num_keys = math.floor(math.sqrt(config.num_experts))
+            self.num_keys = config.num_keys
             self.top_k = config.num_experts_per_tok
             self.norm_topk_prob = config.norm_topk_prob
             self.router_split = config.moe_router_split

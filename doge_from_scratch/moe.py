@@ -5,9 +5,11 @@ loads into it) + many tiny experts that are rank-one maps stored as two embeddin
 
     expert e(x) = silu(down_embed[e] . x) * up_embed[e]
 
-Choosing k of E experts per token uses product keys: the router emits 2K scores (K = sqrt(E)), the
+Choosing k of E experts per token uses product keys: the router emits 2K scores (K = floor(sqrt(E)),
+as the classic code's ``int(math.sqrt(num_experts))`` and transformers' ``math.floor`` both compute), the
 best K of each half form K*K candidate pairs (i, j) -> expert i*K + j with score s_i + s_j, and the
-top k of those win. This costs O(K) instead of O(E) router outputs.
+top k of those win. This costs O(K) instead of O(E) router outputs. When E is not a perfect square,
+the experts K*K .. E-1 exist (their embeddings load and save) but no pair ever names them.
 
 ``split`` decides how the 2K router logits of a token are cut into halves:
 - ``"reference"``: ``logits.view(2, B*T, K)`` as the published code does. That reshape takes the first
@@ -85,7 +87,7 @@ class DogeCDMoE(nn.Module):
         super().__init__()
         h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.num_experts = config.num_experts
-        self.num_keys = math.floor(math.sqrt(config.num_experts))
+        self.num_keys = config.num_keys
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
         self.split = config.moe_router_split
@@ -125,13 +127,16 @@ def load_balancing_loss(router_halves: list[torch.Tensor], num_experts: int, top
 
     router_halves: one [2, B*T, K] per layer; attention_mask: [B, T] (1 = real token) or None.
     The router probability of expert e is the softmax over all K*K pair scores, as in the reference.
+    With a non-square E the experts no pair names (ids K*K .. E-1) count with zero picks and zero
+    probability (the references index a K*K table by expert id there and fail on the shapes).
     """
-    num_keys = math.floor(math.sqrt(num_experts))
+    num_keys = math.isqrt(num_experts)  # the same K as DogeConfig.num_keys
     picks, probs = [], []
     for halves in router_halves:
         pair_scores, pair_ids = product_key_pairs(halves, num_keys)
         picks.append(pair_ids.gather(-1, pair_scores.topk(top_k, dim=-1).indices))
-        probs.append(torch.zeros_like(pair_scores).scatter(-1, pair_ids, F.softmax(pair_scores, dim=-1)))
+        table = pair_scores.new_zeros(pair_scores.shape[0], num_experts)
+        probs.append(table.scatter(-1, pair_ids, F.softmax(pair_scores, dim=-1)))
     picks, probs = torch.cat(picks), torch.cat(probs)  # [L*N, k], [L*N, E]
     dtype = probs.dtype
     if attention_mask is None:
