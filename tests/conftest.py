@@ -6,6 +6,7 @@ run (``pytest -s`` is not needed), so the closing note can quote what was measur
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub: nothing may download
@@ -17,6 +18,7 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 MEASURED: list[tuple[str, float, float]] = []
+CHECKS: list[dict] = []
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +37,37 @@ def record_diff():
     return record
 
 
+@pytest.fixture
+def record_check():
+    """record_check(check): keep a ``testing.float32_error_check`` result for the summary table (and for
+    ``$DOGE_CHECKS_JSON``, where CI collects the worst ratio over every processor setting it runs)."""
+
+    def record(check: dict) -> dict:
+        CHECKS.append(check)
+        return check
+
+    return record
+
+
+def _write_checks_json() -> None:
+    path = os.environ.get("DOGE_CHECKS_JSON")
+    if path and CHECKS:
+        with open(path, "a", encoding="utf-8") as f:
+            for check in CHECKS:
+                f.write(json.dumps({k: v for k, v in check.items()}) + "\n")
+
+
 def pytest_terminal_summary(terminalreporter):
+    _write_checks_json()
+    if CHECKS:
+        terminalreporter.section("float32 error against float64: ours vs the reference (ratio <= 4 passes)")
+        width = max(len(c["name"]) for c in CHECKS)
+        terminalreporter.write_line(f"{'check'.ljust(width)}  {'ours err':>9}  {'ref err':>9}  {'bound':>9}  ratio")
+        for c in CHECKS:
+            terminalreporter.write_line(f"{c['name'].ljust(width)}  {c['ours_error']:9.2e}  "
+                                        f"{c['reference_error']:9.2e}  {c['bound']:9.2e}  {c['ratio']:5.2f}")
+        worst = max(CHECKS, key=lambda c: c["ratio"])
+        terminalreporter.write_line(f"worst ratio {worst['ratio']:.2f}: {worst['name']}")
     if not MEASURED:
         return
     terminalreporter.section("measured differences (max abs logits vs installed transformers unless the row says otherwise)")

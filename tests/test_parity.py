@@ -5,6 +5,11 @@ position by position. ``randomize_`` moves A, the residual scales, the norms and
 their initial values first: at A = 0 the dynamic bias is exactly 1 everywhere and the residual scales
 are ones, so a wrong bias formula or a dropped residual scale would still match at initialisation.
 Both of our attention backends are checked against both of the reference's (eager and sdpa).
+
+No bound is a fixed number: the float32 rounding of both implementations depends on the processor and the
+thread count. Each check computes the same quantity with the reference in float64 and requires our float32
+error against it to be at most a small multiple of the reference's own float32 error (plus a few ulps):
+``testing.float32_error_check``. A bound fails only when ours is really worse than the reference.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import pytest
 import torch
 
 from doge_from_scratch import DogeConfig, DogeForCausalLM
-from doge_from_scratch.testing import copy_into_reference, randomize_, reference_model, tiny_config
+from doge_from_scratch.testing import (copy_into_reference, failed_checks, float32_error_check, float64_copy,
+                                       randomize_, reference_model, tiny_config)
 
-TOL = 1e-5
 IMPLS = ("eager", "sdpa")
 BACKENDS = ("auto", "materialised")
 
@@ -38,23 +43,24 @@ def random_ids(config: DogeConfig, batch: int, length: int, seed: int = 0) -> to
 
 
 @torch.no_grad()
-def logits_diffs(ours, ref, ids, attention_mask=None) -> dict[str, float]:
-    """Max abs logits difference over ALL positions, for each of our attention backends."""
+def logits_checks(name: str, ours, ref, ids, attention_mask=None) -> list[dict]:
+    """Logits over ALL positions, for each of our attention backends, judged against the reference in float64."""
     expected = ref(ids, attention_mask=attention_mask).logits
-    diffs = {}
+    exact = float64_copy(ref)(ids, attention_mask=attention_mask).logits
+    checks = []
     for backend in BACKENDS:
         ours.set_attention_backend(backend)
         got = ours(ids, attention_mask=attention_mask).logits
         assert got.shape == expected.shape
-        diffs[backend] = (got - expected).abs().max().item()
+        checks.append(float32_error_check(f"{name} [{backend}]", got, expected, exact))
     ours.set_attention_backend("auto")
-    return diffs
+    return checks
 
 
-def check(record_diff, name: str, diffs: dict[str, float], tol: float = TOL) -> None:
-    for backend, diff in diffs.items():
-        record_diff(f"{name} [{backend}]", diff, tol)
-    assert all(d <= tol for d in diffs.values()), f"{name}: max abs logits difference {diffs} > {tol}"
+def check(record_check, checks: list[dict]) -> None:
+    for c in checks:
+        record_check(c)
+    assert all(c["ok"] for c in checks), failed_checks(checks)
 
 
 # ------------------------------------------------------------------------------- small configs
@@ -76,11 +82,11 @@ SMALL = {
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", list(SMALL))
-def test_logits_match_reference(name, impl, record_diff):
+def test_logits_match_reference(name, impl, record_check):
     overrides, length = SMALL[name]
     config = tiny_config(**overrides)
     ours, ref = build_pair(config, impl)
-    check(record_diff, f"{name} {impl}", logits_diffs(ours, ref, random_ids(config, 2, length)))
+    check(record_check, logits_checks(f"{name} {impl}", ours, ref, random_ids(config, 2, length)))
 
 
 def drawn_config(seed: int) -> DogeConfig:
@@ -95,14 +101,14 @@ def drawn_config(seed: int) -> DogeConfig:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_logits_match_reference_drawn_configs(seed, record_diff):
+def test_logits_match_reference_drawn_configs(seed, record_check):
     config = drawn_config(seed)
     shape = (f"h{config.num_attention_heads}/kv{config.num_key_value_heads}/d{config.head_dim}/"
              f"L{config.num_hidden_layers}/{'tied' if config.tie_word_embeddings else 'untied'}/"
              f"win{config.keep_window_size}")
     for impl in IMPLS:
         ours, ref = build_pair(config, impl, seed=seed + 10)
-        check(record_diff, f"drawn {shape} {impl}", logits_diffs(ours, ref, random_ids(config, 2, 11, seed)))
+        check(record_check, logits_checks(f"drawn {shape} {impl}", ours, ref, random_ids(config, 2, 11, seed)))
 
 
 # ------------------------------------------------------------------------------------- padding
@@ -121,7 +127,7 @@ def padding_mask(batch: int, length: int, side: str) -> torch.Tensor:
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("window,moe", [(256, False), (6, False), (256, True)], ids=["dense", "dense-win6", "moe"])
-def test_padded_batch_matches_reference(side, impl, window, moe, record_diff):
+def test_padded_batch_matches_reference(side, impl, window, moe, record_check):
     """The same attention_mask goes to both models and ALL positions are compared, pads included.
 
     No position needs excluding: with right padding every query still sees its real prefix; with
@@ -135,7 +141,7 @@ def test_padded_batch_matches_reference(side, impl, window, moe, record_diff):
     ids = random_ids(config, 3, 14)
     mask = padding_mask(3, 14, side)
     name = f"{side}-padding {'moe' if moe else 'dense'} win{window} {impl}"
-    check(record_diff, name, logits_diffs(ours, ref, ids, mask))
+    check(record_check, logits_checks(name, ours, ref, ids, mask))
 
 
 # -------------------------------------------------------------------------- published shapes
@@ -149,54 +155,64 @@ def preset_pair(request):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_published_shapes_match_reference(preset_pair, impl, record_diff):
+def test_published_shapes_match_reference(preset_pair, impl, record_check):
     name, config, ours, ref = preset_pair
     ref.set_attn_implementation(impl)
     ids = random_ids(config, 1, 12)
-    check(record_diff, f"{name} (full size) {impl}", logits_diffs(ours, ref, ids))
+    check(record_check, logits_checks(f"{name} (full size) {impl}", ours, ref, ids))
 
 
 # ----------------------------------------------------------------------------------- gradients
-# dL/dA is a small sum with heavy cancellation (|dL/dA| ~ 1e-4). The materialised backend performs
-# the reference's operations and matches every gradient to 1e-5. The fused backend sums in another
-# order inside SDPA; for A that moves the float32 result by up to ~3e-5 relative, which is the size
-# of the reference's own float32 error there (measured against a float64 run: 3.2e-5), so A alone
-# is held to 1e-4 on that backend. Every other parameter is held to 1e-5 on both.
-FUSED_A_TOL = 1e-4
+# dL/dA is a small sum with heavy cancellation (|dL/dA| ~ 1e-4 of the largest gradient), so both
+# implementations carry a relative float32 error of ~1e-5..1e-4 there, and how much depends on the
+# summation order the processor's kernels pick. A fixed bound on ours - reference was therefore tuned to
+# one machine (1e-4 failed on an AMD EPYC at 1.5e-4). Each gradient is instead judged against the
+# reference's float64 gradient, with the same rule as the logits.
+BATCHES = 4
+
+
+def parameter_grads(model, ids) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    model(ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["gqa-tied", "mha-untied", "moe", "topk-window"])
-def test_gradients_match_reference(name, backend, record_diff):
-    """d loss / d parameter for every parameter, by name, relative to that gradient's largest entry."""
+def test_gradients_match_reference(name, backend, record_check):
+    """d loss / d parameter for every parameter, by name, against the reference's float64 gradient.
+
+    A tensor of one or two entries (``A`` has one per KV head) is no statistic: two independent float32
+    roundings of the same spread differ by more than 4x one time in six. So every gradient is taken on
+    BATCHES different batches and stacked, and the reference's float32 error is the largest of three of its
+    evaluations that are equal in exact arithmetic (eager, sdpa, and eager with the batch rows swapped: the
+    loss is a mean over all tokens).
+    """
     overrides, length = SMALL[name]
     config = tiny_config(**overrides)
     ours, ref = build_pair(config, "eager")
+    ref64 = float64_copy(ref)
     ours.set_attention_backend(backend)
-    ids = random_ids(config, 2, length)
-    ours(ids, labels=ids).loss.backward()
-    ref(ids, labels=ids).loss.backward()
-    ours_grads = {n: p.grad for n, p in ours.named_parameters()}
-    ref_grads = {n: p.grad for n, p in ref.named_parameters()}
-    assert set(ours_grads) == set(ref_grads), set(ours_grads) ^ set(ref_grads)
-    worst, worst_a, failures = 0.0, 0.0, []
-    for param_name, expected in ref_grads.items():
-        got = ours_grads[param_name]
-        assert got is not None and expected is not None, f"{param_name}: no gradient"
-        scale = expected.abs().max().item()
-        assert scale > 0, f"{param_name}: zero reference gradient makes the comparison empty"
-        rel = (got - expected).abs().max().item() / scale
-        is_a = param_name.endswith(".A")
-        tol = FUSED_A_TOL if is_a and backend == "auto" else TOL
-        if is_a:
-            worst_a = max(worst_a, rel)
-        else:
-            worst = max(worst, rel)
-        if rel > tol:
-            failures.append(f"{param_name}: relative difference {rel:.2e} > {tol}")
-    record_diff(f"grad {name} [{backend}] all but A (max relative)", worst, TOL)
-    record_diff(f"grad {name} [{backend}] A (max relative)", worst_a, FUSED_A_TOL if backend == "auto" else TOL)
-    assert not failures, "\n".join(failures)
+    batches = [random_ids(config, 2, length, seed) for seed in range(BATCHES)]
+
+    def stacked(model, flip: bool = False) -> dict[str, torch.Tensor]:
+        runs = [parameter_grads(model, ids.flip(0) if flip else ids) for ids in batches]
+        return {n: torch.stack([run[n] for run in runs]) for n in runs[0]}
+
+    ours_grads = stacked(ours)
+    ref_runs = [stacked(ref), stacked(ref, flip=True)]
+    ref.set_attn_implementation("sdpa")
+    ref_runs.append(stacked(ref))
+    exact_grads = stacked(ref64)
+    assert set(ours_grads) == set(exact_grads), set(ours_grads) ^ set(exact_grads)
+    checks = []
+    for param_name, exact in exact_grads.items():
+        assert exact.abs().max() > 0, f"{param_name}: zero reference gradient makes the comparison empty"
+        checks.append(float32_error_check(f"grad {name} [{backend}] {param_name}", ours_grads[param_name],
+                                          [run[param_name] for run in ref_runs], exact))
+    for c in checks:
+        record_check(c)
+    assert all(c["ok"] for c in checks), failed_checks(checks)
 
 
 # ------------------------------------------------------------------------------------ KV cache
@@ -209,19 +225,21 @@ def test_gradients_match_reference(name, backend, record_diff):
     ("gqa-window6-short-prompt", dict(keep_window_size=6), 3, 12),
 ])
 @torch.no_grad()
-def test_kv_cache_matches_full_forward(name, overrides, prompt, total, backend, record_diff):
-    """Prompt once, then one token at a time through the cache == one forward over everything."""
+def test_kv_cache_matches_full_forward(name, overrides, prompt, total, backend, record_check):
+    """Prompt once, then one token at a time through the cache == one forward over everything (both judged
+    against the full forward in float64: the cached pass multiplies other shapes, so it rounds differently)."""
     config = tiny_config(**overrides)
     ours = randomize_(DogeForCausalLM(config).eval(), 3)
     ours.set_attention_backend(backend)
     ids = random_ids(config, 2, total)
     full = ours(ids).logits
+    exact = float64_copy(ours)(ids).logits
     out = ours(ids[:, :prompt], use_cache=True)
     steps, cache = [out.logits], out.past_key_values
     for t in range(prompt, total):
         out = ours(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
         steps.append(out.logits)
         cache = out.past_key_values
-    diff = (torch.cat(steps, dim=1) - full).abs().max().item()
-    record_diff(f"kv-cache {name} [{backend}] (vs our full forward)", diff, TOL)
-    assert diff <= TOL
+    c = record_check(float32_error_check(f"kv-cache {name} [{backend}] (vs our full forward)",
+                                         torch.cat(steps, dim=1), full, exact))
+    assert c["ok"], failed_checks([c])
