@@ -535,6 +535,24 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def evaluate_reasoning(model, tokenizer, records: Sequence[Mapping[str, Any]], max_new_tokens: int = 110,
+                       batch_size: int = 16) -> dict[str, Any]:
+    """Greedy replies to each record's prompt, judged by the rewards' strict checks.
+
+    Returns the replies, per-record ``correct`` (``rewards.is_correct``: right, well formed, not hedging) and
+    ``formatted`` (``rewards.is_strictly_formatted``) flags, and their counts.
+    """
+    from .generation import chat_replies
+    from .rewards import is_correct, is_strictly_formatted
+
+    prompts = [record_prompt(r) for r in records]
+    replies = chat_replies(model, tokenizer, prompts, max_new_tokens, batch_size)
+    correct = [is_correct(p, text, r["task"], r["answer"]) for p, text, r in zip(prompts, replies, records)]
+    formatted = [is_strictly_formatted(text) for text in replies]
+    return {"replies": replies, "correct": correct, "formatted": formatted, "n": len(records),
+            "n_correct": sum(correct), "n_formatted": sum(formatted)}
+
+
 def ensure_reason_distill(folder: str | Path | None = None, progress: bool = True) -> Path:
     """Lesson 09's sequence-level student (3 of the chat model's 4 layers, SFT on the reasoning traces with the
     lesson's settings), trained here unless ``folder`` (default artifacts/reason_distill) already holds it."""
