@@ -125,32 +125,37 @@ def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_siz
                    max_length: int | None = None) -> list[LoglikelihoodResult]:
     """log p(continuation | context) for each (context, continuation) string pair.
 
-    Rows are sorted longest first and run ``batch_size`` at a time, right-padded with no attention mask: the model
-    is causal, so padding after a row's last token cannot change that row's logits. Log-softmax in float32.
+    Requests with the same model input (a shared context and one-token continuations, as MMLU's letters are) run
+    once, as the harness's logits cache does. Inputs are sorted longest first and run ``batch_size`` at a time,
+    right-padded with no attention mask: the model is causal, so padding after a row's last token cannot change
+    that row's logits. Log-softmax in float32.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     max_length = max_length or model.config.max_position_embeddings
     encoded = [encode_pair(tokenizer, c, x) for c, x in pairs]
-    inputs = [_model_inputs(c, x, max_length) for c, x in encoded]
-    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    inputs = [tuple(_model_inputs(c, x, max_length)) for c, x in encoded]
+    users: dict[tuple[int, ...], list[int]] = {}
+    for i, row in enumerate(inputs):
+        users.setdefault(row, []).append(i)
+    unique = sorted(users, key=lambda ids: (-len(ids), ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     model.eval()
     results: list[LoglikelihoodResult | None] = [None] * len(inputs)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = len(inputs[rows[0]])
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, :len(inputs[i])] = torch.tensor(inputs[i])
+    for start in range(0, len(unique), batch_size):
+        rows = unique[start:start + batch_size]
+        ids = torch.full((len(rows), len(rows[0])), pad, dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, :len(row)] = torch.tensor(row)
         log_probs = torch.log_softmax(model(ids.to(device)).logits.float(), dim=-1)
-        for r, i in enumerate(rows):
-            cont = torch.tensor(encoded[i][1], device=device)
-            end = len(inputs[i])
-            scores = log_probs[r, end - len(cont):end]  # [n_cont, V]: position t predicts token t + 1
-            picked = scores.gather(-1, cont[:, None]).squeeze(-1)
-            results[i] = LoglikelihoodResult(float(picked.sum()), bool((scores.argmax(-1) == cont).all()), len(cont))
+        for r, row in enumerate(rows):
+            for i in users[row]:
+                cont = torch.tensor(encoded[i][1], device=device)
+                scores = log_probs[r, len(row) - len(cont):len(row)]  # position t predicts token t + 1
+                picked = scores.gather(-1, cont[:, None]).squeeze(-1)
+                results[i] = LoglikelihoodResult(float(picked.sum()), bool((scores.argmax(-1) == cont).all()),
+                                                 len(cont))
     return results  # type: ignore[return-value]
 
 
