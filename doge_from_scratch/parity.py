@@ -96,12 +96,32 @@ def transformers_native(folder: Path, dtype: torch.dtype, device: torch.device) 
                      f"transformers {transformers.__version__} DogeForCausalLM (eager attention), same files")
 
 
-def remote_code(source: str, dtype: torch.dtype, device: torch.device) -> Reference:
-    """``source``: the Hub id (its code files are fetched or read from the cache) or the local folder."""
-    from transformers import AutoModelForCausalLM
+def remote_code(source: str, folder: Path, dtype: torch.dtype, device: torch.device) -> Reference:
+    """The checkpoint's own modelling code, built from its config, with the folder's tensors loaded by name.
 
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=True)
-    return Reference(model.to(device).eval(), "the checkpoint's own remote code (trust_remote_code=True)")
+    ``source``: the Hub id (its code files are fetched or read from the cache) or the local folder;
+    ``folder``: where the weights are. Not ``from_pretrained``: transformers 5 builds that model without
+    running its ``__init__`` arithmetic and then initialises only what its own ``_init_weights`` knows,
+    so a buffer that is neither saved nor known there (the classic rotary ``inv_freq``, registered with
+    ``persistent=False``) is left as uninitialised memory, and the reference would run with garbage
+    RoPE frequencies. Constructing the model computes every such buffer as its code means it to be.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=True, attn_implementation="eager")
+    tensors = read_tensors(weight_files(folder))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    # a tied head shares the embedding's parameter, which the checkpoint filled under its own name
+    params = dict(model.named_parameters(remove_duplicate=False))
+    filled = {params[key].data_ptr() for key in tensors if key in params}
+    missing = [key for key in missing if not (key in params and params[key].data_ptr() in filled)]
+    if missing or unexpected:
+        raise ValueError(f"the checkpoint's tensors do not fit its own code: missing {missing}, "
+                         f"unexpected {unexpected}")
+    return Reference(_cast_parameters(model, dtype).to(device).eval(),
+                     "the checkpoint's own remote code (trust_remote_code=True), built from its config "
+                     "(non-persistent buffers computed by its __init__) with the folder's tensors")
 
 
 def expand_kv_heads(tensors: dict[str, torch.Tensor], n_heads: int, n_kv: int, head_dim: int) -> dict:
@@ -212,7 +232,7 @@ def load_reference(folder: Path, dtype: torch.dtype, device: torch.device, trust
     has_remote = "auto_map" in json.loads((folder / "config.json").read_text())
     if has_remote and trust_remote_code:
         try:
-            return remote_code(source or str(folder), dtype, device), notes
+            return remote_code(source or str(folder), folder, dtype, device), notes
         except Exception as err:
             notes.append(f"its own remote code did not run: {_one_line(err)}")
     elif has_remote:
