@@ -323,6 +323,7 @@ def inspect_checkpoint(cls, name_or_path, *, inherit_mlp: bool = False, **overri
         shapes = rename_classic(shapes)
     overrides.setdefault("attention_variant", "native" if generation == "C" else "classic")
     config = read_config(folder, keys=shapes, **overrides)
+    _check_layer_count(config, shapes, folder)
     if inherit_mlp and not config.is_moe:
         raise CheckpointError("inherit_mlp=True needs an MoE config: pass is_moe=True (and num_experts, "
                               "num_experts_per_tok)")
@@ -331,6 +332,15 @@ def inspect_checkpoint(cls, name_or_path, *, inherit_mlp: bool = False, **overri
     new_tensors = [k for k in skeleton.state_dict() if inherit_mlp and k.endswith(MOE_ONLY) and k not in shapes]
     check_against(skeleton, shapes, str(folder), may_be_missing=set(new_tensors).__contains__)
     return Inspection(folder, files, generation, config, new_tensors)
+
+
+def _check_layer_count(config: DogeConfig, shapes: dict, folder: Path) -> None:
+    """Before the skeleton is built: even on the meta device, 10**5 layers take minutes to construct."""
+    layers = {int(m[1]) for key in shapes if (m := re.match(r"model\.layers\.(\d+)\.", key))}
+    if layers != set(range(config.num_hidden_layers)):
+        held = f"layers 0..{max(layers)} ({len(layers)} distinct)" if layers else "no layers"
+        raise CheckpointError(f"{folder / CONFIG}: num_hidden_layers={config.num_hidden_layers}, but the weights "
+                              f"hold {held}")
 
 
 def load_pretrained(cls, name_or_path, *, dtype: torch.dtype | str | None = None, device="cpu",

@@ -187,6 +187,27 @@ def test_config_sizes_are_checked_against_the_headers_before_any_allocation(tmp_
         DogeForCausalLM.from_pretrained(tmp_path)
 
 
+def test_the_layer_count_is_checked_before_any_layer_is_built(tmp_path, monkeypatch):
+    """num_hidden_layers=100000 beside 2 layers of weights: minutes of construction, even on the meta device."""
+    from doge_from_scratch import model as model_module
+
+    saved(tmp_path, seed=1)
+    fields = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**fields, "num_hidden_layers": 100_000}))
+    real_init, built = model_module.DogeDecoderLayer.__init__, []
+
+    def counted(self, *args, **kwargs):
+        built.append(1)
+        if len(built) > 100:
+            raise AssertionError("layers were built before the layer count was checked")
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(model_module.DogeDecoderLayer, "__init__", counted)
+    with pytest.raises(CheckpointError, match=r"config\.json: num_hidden_layers=100000, but the weights hold "
+                                              r"layers 0\.\.1"):
+        DogeForCausalLM.from_pretrained(tmp_path)
+
+
 # -------------------------------------------------------------------------------------------- paths
 def test_a_shard_outside_the_folder_is_refused(tmp_path):
     folder = tmp_path / "ckpt"
