@@ -24,6 +24,8 @@ Which reference runs a checkpoint
   expanded. Embedding, RoPE, the bias formula, the mask (transformers *replaces* masked scores by
   the dtype minimum where classic *adds* the bias to it; for any bias below ~1e31 the two are the same
   float), the eager softmax, MLP/CDMoE, residual scales and head are transformers' unmodified code.
+  Classic code has no keep-window top-k: with ``dynamic_mask_ratio`` 0 (the published configs) the
+  converted model's keep window is set beyond any input, so the comparison holds at every length.
 - If neither works (for instance transformers refuses the config), the report says that no reference
   can run the checkpoint and exits with status 3.
 
@@ -175,6 +177,9 @@ def classic_tensors_for_transformers(tensors: dict[str, torch.Tensor]) -> dict[s
     return renamed
 
 
+NO_KEEP_WINDOW = 2 ** 62  # more keys than any input has
+
+
 def classic_config_for_transformers(folder: Path):
     import transformers
 
@@ -187,6 +192,10 @@ def classic_config_for_transformers(folder: Path):
     n_heads = fields.get("num_attention_heads", 8)
     n_kv = fields.get("num_key_value_heads") or n_heads
     head_dim = fields.get("head_dim") or fields["hidden_size"] // n_heads
+    if not fields.get("dynamic_mask_ratio"):
+        # classic code with ratio 0 attends every allowed key at any length; transformers' keep-window
+        # top-k must never engage (with a ratio above 0 the reference holds only within the window)
+        fields["keep_window_size"] = NO_KEEP_WINDOW
     config = transformers.DogeConfig(**{**fields, "num_key_value_heads": n_heads})
     return config, n_heads, n_kv, head_dim
 

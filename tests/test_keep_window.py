@@ -251,3 +251,15 @@ def test_cached_decoding_is_not_a_full_forward_when_the_ratio_drops_keys(folder)
 def test_a_ratio_outside_0_1_is_refused_by_name(ratio):
     with pytest.raises(ValueError, match="dynamic_mask_ratio"):
         DogeForCausalLM(tiny_config(attention_variant="classic", dynamic_mask_ratio=ratio))
+
+
+def test_parity_tool_past_the_keep_window(folder, record_diff):
+    """The parity tool's classic reference (transformers converted to the classic formula) agrees past
+    the window when the ratio is 0: classic code has no keep-window top-k for transformers to apply."""
+    if ratio_of(folder) > 0:
+        pytest.skip("transformers cannot compute the ratio rule; that reference holds only within the window")
+    report = parity.run_parity(str(folder), dtypes=("float32",), seq_len=SEQ, new_tokens=8)
+    f32 = report.results[0]
+    record_diff(f"parity tool, classic ratio 0, {SEQ} + 8 tokens past a window of {WINDOW}", f32.max_abs_diff,
+                parity.FLOAT32_RTOL * f32.max_abs_logit)
+    assert report.ok and f32.greedy_agree == 8, report.divergence
