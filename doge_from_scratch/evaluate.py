@@ -61,6 +61,17 @@ def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
+def pooled_stderr(stderrs: Sequence[float], sizes: Sequence[int]) -> float:
+    """Standard error of a size-weighted mean of subtask means, as the harness reports a group (MMLU over its
+    subjects): the subtasks' sample variances pooled, sum((n_i - 1) n_i se_i^2) / (N - k), over N. It leaves out
+    the spread *between* subjects, so it is a little smaller than the stderr of all items taken as one task."""
+    if len(stderrs) != len(sizes) or not sizes:
+        raise ValueError(f"{len(stderrs)} stderrs for {len(sizes)} subtask sizes")
+    total = sum(sizes)
+    pooled_var = sum((n - 1) * se ** 2 * n for se, n in zip(stderrs, sizes)) / (total - len(sizes))
+    return math.sqrt(pooled_var / total)
+
+
 def first_argmax(values: Sequence[float]) -> int:
     """Index of the largest value; the first one on ties (what numpy.argmax returns)."""
     return max(range(len(values)), key=lambda i: (values[i], -i))
@@ -249,20 +260,33 @@ class TaskResult:
     n: int
     chance: float | None
     items: list[dict[str, Any]] = field(default_factory=list)
+    subtasks: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # e.g. MMLU's subjects
 
 
 def score_multiple_choice(model, tokenizer, name: str, items: Sequence[MultipleChoiceItem], batch_size: int = 32,
-                          chance: float | None = None) -> TaskResult:
+                          chance: float | None = None, groups: Sequence[str] | None = None) -> TaskResult:
+    """acc and acc_norm with stderr. With ``groups`` (one label per item, e.g. MMLU's subject) each group is a
+    subtask and the task is their size-weighted group, its stderr pooled as the harness pools it."""
     pairs = [(item.context, cont) for item in items for cont in item.continuations()]
     results = iter(loglikelihoods(model, tokenizer, pairs, batch_size))
     per_item = []
     for item in items:
         lls = [next(results).logprob for _ in item.choices]
         per_item.append({"lls": lls, "gold": item.gold, **choice_metrics(lls, item.choices, item.gold)})
-    metrics = {m: mean_stderr([r[m] for r in per_item]) for m in ("acc", "acc_norm")}
+    metric_names = ("acc", "acc_norm")
+    metrics = {m: mean_stderr([r[m] for r in per_item]) for m in metric_names}
+    subtasks: dict[str, dict[str, tuple[float, float]]] = {}
+    if groups is not None:
+        members: dict[str, list[dict[str, Any]]] = {}
+        for label, record in zip(groups, per_item):
+            members.setdefault(label, []).append(record)
+        subtasks = {g: {m: mean_stderr([r[m] for r in rs]) for m in metric_names} for g, rs in members.items()}
+        sizes = [len(rs) for rs in members.values()]
+        metrics = {m: (metrics[m][0], pooled_stderr([subtasks[g][m][1] for g in members], sizes))
+                   for m in metric_names}
     if chance is None:
         chance = sum(1 / len(item.choices) for item in items) / len(items)
-    return TaskResult(name, metrics, len(items), chance, per_item)
+    return TaskResult(name, metrics, len(items), chance, per_item, subtasks)
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -363,7 +387,8 @@ def _mc_task(name: str, file: str, doc, chance: float | None = None, fewshot_fil
         rows = read_benchmark(file, folder)[:limit]
         shots = read_benchmark(fewshot_file, folder) if fewshot_file else []
         items = multiple_choice_items(doc, rows, shots, num_fewshot, description, group)
-        return score_multiple_choice(model, tokenizer, name, items, batch_size, chance)
+        labels = [group(r) for r in rows] if group else None
+        return score_multiple_choice(model, tokenizer, name, items, batch_size, chance, labels)
 
     return run
 

@@ -68,6 +68,9 @@ def _write_tasks(tmp_path) -> dict[str, tuple]:
             "answer", '["A", "B", "C", "D"]', cache, metrics=("acc",),
             extra=f"fewshot_split: dev\nfewshot_config:\n  sampler: first_n\nnum_fewshot: 5\ndescription: {description}\n")
         ours[name] = (E.mmlu_doc, "mmlu_test", subject)
+    # the harness's mmlu group: subjects weighted by size, stderrs pooled
+    yamls["t_mmlu"] = ("group: t_mmlu\ntask:\n" + "".join(f"  - {n}\n" for n in ours if n.startswith("t_mmlu_"))
+                       + "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n")
     for name, text in yamls.items():
         (tmp_path / f"{name}.yaml").write_text(text)
     return ours
@@ -94,7 +97,8 @@ def harness_run(tmp_path_factory, tokenizer):
     model = tiny_model_for(tokenizer, seed=3).eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, device="cpu")
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
-    out = lm_eval.simple_evaluate(model=lm, tasks=sorted(ours), task_manager=manager, limit=LIMIT, log_samples=True,
+    tasks = [t for t in sorted(ours) if not t.startswith("t_mmlu_")] + ["t_mmlu"]
+    out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=LIMIT, log_samples=True,
                                   bootstrap_iters=1000)
     return model, ours, out
 
@@ -133,6 +137,20 @@ def test_per_item_loglikelihoods_prompts_and_acc_equal_lm_eval(harness_run, toke
     check = record_check(float32_error_check("evaluate: log-likelihoods (ours vs lm-eval)", ours_t, theirs_t, exact_t))
     assert check["ok"], check
     assert diff <= LL_TOLERANCE
+
+
+def test_mmlu_group_score_and_pooled_stderr_equal_lm_eval(harness_run, tokenizer):
+    model, ours, out = harness_run
+    subjects = [(n, spec) for n, spec in ours.items() if n.startswith("t_mmlu_")]
+    items = [item for _, (doc, file, subject) in subjects for item in _our_items(doc, file, subject)]
+    labels = [subject for _, (_, _, subject) in subjects for _ in range(LIMIT)]
+    result = E.score_multiple_choice(model, tokenizer, "t_mmlu", items, batch_size=5, groups=labels)
+    value, stderr = result.metrics["acc"]
+    assert value == pytest.approx(out["results"]["t_mmlu"]["acc,none"], abs=1e-12)
+    assert stderr == pytest.approx(out["results"]["t_mmlu"]["acc_stderr,none"], abs=1e-12)
+    # pooled within subjects: not the stderr of all items as one task (unless the subjects score alike)
+    flat = E.mean_stderr([r["acc"] for r in result.items])[1]
+    assert stderr != pytest.approx(flat, abs=1e-12) or len({v["acc"][0] for v in result.subtasks.values()}) == 1
 
 
 def test_encode_pair_splits_like_the_harness(harness_run, tokenizer):
