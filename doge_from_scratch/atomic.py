@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import glob
 import os
 import shutil
 import sys
@@ -90,9 +91,13 @@ def _sibling(folder: Path, tag: str) -> Path:
 
 
 def stale_siblings(folder: str | os.PathLike) -> list[Path]:
-    """Temporary siblings of ``folder`` that a killed ``replace_folder`` left behind."""
+    """Temporary siblings of ``folder`` that a killed ``replace_folder`` left behind.
+
+    (Two processes replacing the same folder at once would remove each other's; that is a race
+    between two writers of one checkpoint, which no layout can make meaningful.)
+    """
     folder = Path(folder)
-    return sorted(folder.parent.glob(f".{folder.name}.*-*{TMP_SUFFIX}"))
+    return sorted(p for p in folder.parent.glob(f".{glob.escape(folder.name)}.new-*{TMP_SUFFIX}") if p.is_dir())
 
 
 def interrupted_swap(folder: str | os.PathLike) -> Path | None:
@@ -148,6 +153,7 @@ def _link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
 
 def _swap_in(new: Path, folder: Path) -> None:
     """Put ``new`` at ``folder``; afterwards ``new`` names the old contents (or nothing)."""
+    _fsync_dir(new)  # the carried-over links' entries must be on disk before the swap is
     if not folder.exists():
         os.rename(new, folder)
         _fsync_dir(folder.parent)
