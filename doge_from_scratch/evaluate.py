@@ -450,9 +450,13 @@ def format_results(results: Mapping[str, TaskResult]) -> str:
 def run_harness_tasks(model, tokenizer, tasks: Sequence[str], limit: int | None, batch_size: int,
                       num_fewshot: int | None, apply_chat_template: bool) -> dict[str, Any]:
     """lm-eval's own task registry (it downloads the data sets from the Hub) on our model, through its HFLM class."""
+    import logging
+
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
+    # its warning about being handed a model instance (ours, on purpose) would bury a failure's one line
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
                                    apply_chat_template=apply_chat_template)["results"]

@@ -268,9 +268,13 @@ has all four). Task YAMLs in the layout of its own `arc_easy` and `piqa` configs
 ask for every sample's log-likelihoods and compare them with our scorer's, item by item.
 """),
 code(r"""
+import logging
+
 import lm_eval
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
+
+logging.getLogger("lm_eval").setLevel(logging.ERROR)   # it warns that it was handed a model instance: on purpose
 
 task_dir = Path(tempfile.mkdtemp())
 yaml_common = ("dataset_path: json\noutput_type: multiple_choice\ntest_split: test\n"
