@@ -204,13 +204,6 @@ def test_compiled_fast_decoder_equals_eager():
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_decoder_refuses_classic_attention():
-    torch.manual_seed(0)
-    model = DogeForCausalLM(tiny_config(attention_variant="classic")).eval()
-    with pytest.raises(NotImplementedError, match="native"):
-        FastDoge(model)
-
-
 # -- streamers ------------------------------------------------------------------------------------------
 def test_text_streamer_prints_the_generated_text(tokenizer, capsys):
     torch.manual_seed(0)
