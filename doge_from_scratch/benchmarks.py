@@ -3,9 +3,9 @@
 | file (data/benchmarks/)      | format of                    | items                                              |
 |------------------------------|------------------------------|----------------------------------------------------|
 | arc_test.jsonl               | allenai/ai2_arc              | additions, capitals, reversals; 4 labelled choices |
-| piqa_validation.jsonl        | PIQA (goal, sol1, sol2)      | which of two decimals is bigger (half the 3.9-vs-3.11 trap) |
+| piqa_validation.jsonl        | PIQA (goal, sol1, sol2)      | the bigger of two decimals (~half like 3.9, 3.11)  |
 | hellaswag_validation.jsonl   | Rowan/hellaswag              | a sentence to finish: a reversed list, a sum       |
-| mmlu_test.jsonl, mmlu_dev.jsonl | cais/mmlu (question, subject, choices, answer) | three subjects; dev rows are the 5-shot examples |
+| mmlu_test.jsonl, _dev.jsonl  | cais/mmlu                    | three subjects; dev rows are the 5-shot examples   |
 | ifeval.jsonl                 | google/IFEval                | a lesson question plus verifiable instructions     |
 | qa_test.jsonl                | a short-answer QA set        | a lesson question, its answer for exact match      |
 
@@ -176,8 +176,9 @@ def hellaswag_rows(draw: _HeldOut, n_reversal: int = 50, n_addition: int = 50) -
     for _ in range(n_reversal):
         p = draw.draw("reverse_digits")
         digits = _digits(p)
-        rows.append(row(p.key, "Reversing a list", f"We take the digits {', '.join(digits)} from the last to the first.",
-                        "the reversed list is", f"{p.answer}.", [f"{w}." for w in _wrong_reversals(rng, p)]))
+        ctx_a = f"We take the digits {', '.join(digits)} from the last to the first."
+        rows.append(row(p.key, "Reversing a list", ctx_a, "the reversed list is", f"{p.answer}.",
+                        [f"{w}." for w in _wrong_reversals(rng, p)]))
     for _ in range(n_addition):
         p = draw.draw("addition")
         a, b = _operands(p)
@@ -223,8 +224,9 @@ def mmlu_rows(draw: _HeldOut, n_per_subject: int = 30, n_dev: int = 5) -> tuple[
     for country, capital in _test_countries():
         test.append(_mmlu_row(rng, "world_capitals", f"capital:{country}", f"What is the capital of {country}?",
                               capital, _other_capitals(rng, capital)))
-        test.append(_mmlu_row(rng, "world_capitals", f"capital:{country}", f"Of which country is {capital} the capital?",
-                              _capitalised(country), [_capitalised(c) for c in _other_countries(rng, country)]))
+        test.append(_mmlu_row(rng, "world_capitals", f"capital:{country}",
+                              f"Of which country is {capital} the capital?", _capitalised(country),
+                              [_capitalised(c) for c in _other_countries(rng, country)]))
     for country, capital in rng.sample(_train_countries(), n_dev):
         dev.append(_mmlu_row(rng, "world_capitals", f"capital:{country}", f"Of which country is {capital} the capital?",
                              _capitalised(country), [_capitalised(c) for c in _other_countries(rng, country)]))
@@ -335,7 +337,8 @@ def read_benchmark(name: str, folder: str | Path = BENCHMARK_DIR) -> list[dict[s
             raise DataFormatError(f"{where}: expected a JSON object, got {type(row).__name__}")
         missing = [key for key in REQUIRED_FIELDS[name] if key not in row]
         if missing:
-            raise DataFormatError(f"{where}: missing field(s) {missing} (a {name} row needs {list(REQUIRED_FIELDS[name])})")
+            needs = list(REQUIRED_FIELDS[name])
+            raise DataFormatError(f"{where}: missing field(s) {missing} (a {name} row needs {needs})")
         rows.append(row)
     if not rows:
         raise DataFormatError(f"{path}: no rows")

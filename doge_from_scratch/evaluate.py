@@ -406,8 +406,8 @@ def _run_qa(model, tokenizer, folder: str | Path = BENCHMARK_DIR, limit: int | N
             max_new_tokens: int = 32, **_: Any) -> TaskResult:
     rows = read_benchmark("qa_test", folder)[:limit]
     replies = _replies(model, tokenizer, [r["question"] for r in rows], max_new_tokens, batch_size)
-    items = [{"question": r["question"], "answer": r["answer"], "reply": reply, "exact_match": exact_match(reply, r["answer"])}
-             for r, reply in zip(rows, replies)]
+    items = [{"question": r["question"], "answer": r["answer"], "reply": reply,
+              "exact_match": exact_match(reply, r["answer"])} for r, reply in zip(rows, replies)]
     metrics = {"exact_match": mean_stderr([float(i["exact_match"]) for i in items])}
     return TaskResult("doge_qa", metrics, len(rows), 0.0, items)
 
@@ -473,8 +473,9 @@ def load_model_and_tokenizer(name_or_path: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m doge_from_scratch.evaluate",
-                                     description="Score a Doge checkpoint on benchmarks, as lm-evaluation-harness does.")
+    parser = argparse.ArgumentParser(
+        prog="python -m doge_from_scratch.evaluate",
+        description="Score a Doge checkpoint on benchmarks, as lm-evaluation-harness does.")
     parser.add_argument("model", help="a local model folder or a Hub id (org/name)")
     parser.add_argument("--tasks", default=",".join(LOCAL_TASKS),
                         help=f"comma-separated; local: {', '.join(LOCAL_TASKS)}; any other name is an lm-eval task "

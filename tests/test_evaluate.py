@@ -63,10 +63,11 @@ def _write_tasks(tmp_path) -> dict[str, tuple]:
         name = f"t_mmlu_{subject}"
         description = json.dumps(E.mmlu_description(subject))
         yamls[name] = _mc_yaml(
-            name, {"test": _subject_file(tmp_path, "mmlu_test", subject), "dev": _subject_file(tmp_path, "mmlu_dev", subject)},
+            name, {split: _subject_file(tmp_path, f"mmlu_{split}", subject) for split in ("test", "dev")},
             "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:",
             "answer", '["A", "B", "C", "D"]', cache, metrics=("acc",),
-            extra=f"fewshot_split: dev\nfewshot_config:\n  sampler: first_n\nnum_fewshot: 5\ndescription: {description}\n")
+            extra=("fewshot_split: dev\nfewshot_config:\n  sampler: first_n\nnum_fewshot: 5\n"
+                   f"description: {description}\n"))
         ours[name] = (E.mmlu_doc, "mmlu_test", subject)
     # the harness's mmlu group: subjects weighted by size, stderrs pooled
     yamls["t_mmlu"] = ("group: t_mmlu\ntask:\n" + "".join(f"  - {n}\n" for n in ours if n.startswith("t_mmlu_"))

@@ -195,8 +195,10 @@ def mmlu_question(row):
 
 def mmlu_prompt(row, n_shot=5):
     shots = [r for r in rows["mmlu_dev"] if r["subject"] == row["subject"]][:n_shot]
-    description = f"The following are multiple choice questions (with answers) about {row['subject'].replace('_', ' ')}.\n\n"
-    return description + "".join(mmlu_question(s) + " " + "ABCD"[s["answer"]] + "\n\n" for s in shots) + mmlu_question(row)
+    subject = row["subject"].replace("_", " ")
+    description = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
+    examples = "".join(mmlu_question(s) + " " + "ABCD"[s["answer"]] + "\n\n" for s in shots)
+    return description + examples + mmlu_question(row)
 
 print(mmlu_prompt(rows["mmlu_test"][0], n_shot=2))
 package_item = evaluate.multiple_choice_items(evaluate.mmlu_doc, rows["mmlu_test"][:1], rows["mmlu_dev"], 5,
@@ -219,7 +221,8 @@ def stderr(values):
 
 arc_accs = [s[1] for s in scratch_arc]
 p, n = scratch_acc, len(arc_accs)
-print(f"ARC-style acc {p:.3f} +- {stderr(arc_accs):.3f} (n = {n}); sqrt(p(1-p)/(n-1)) = {math.sqrt(p * (1 - p) / (n - 1)):.3f}")
+print(f"ARC-style acc {p:.3f} +- {stderr(arc_accs):.3f} (n = {n}); "
+      f"sqrt(p(1-p)/(n-1)) = {math.sqrt(p * (1 - p) / (n - 1)):.3f}")
 """),
 md("""
 ## 6. Generation with verifiable answers
