@@ -71,7 +71,7 @@ def test_preset_overrides_and_unknown_preset():
 @pytest.mark.parametrize("fields,named", [
     (dict(hidden_size=100, num_attention_heads=8), "hidden_size"),
     (dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=4), "num_attention_heads"),
-    (dict(is_moe=True, num_experts=15, num_experts_per_tok=2), "num_experts"),
+    (dict(is_moe=True, num_experts=0, num_experts_per_tok=2), "num_experts"),
     (dict(is_moe=True, num_experts=16, num_experts_per_tok=17), "num_experts_per_tok"),
     (dict(keep_window_size=0), "keep_window_size"),
     (dict(hidden_act="swishy"), "hidden_act"),
