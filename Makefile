@@ -2,6 +2,9 @@
 #   make lessons   create .venv, install, execute every notebook in place (outputs and figures kept)
 #   make test      create .venv, install, run the unit tests and every notebook under nbval
 PYTHON ?= python3
+# Where torch comes from. Empty: PyPI, which on Linux x86 gives the CUDA build (several GB; what the GPU checks
+# need). CPU-only machines: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu (about 200 MB).
+TORCH_INDEX ?=
 VENV   := .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
@@ -14,15 +17,15 @@ export OMP_WAIT_POLICY := PASSIVE
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install lessons test unit notebooks lab bench clean
+.PHONY: install lessons test unit unit-cpus notebooks lab bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned: the CPU build; an unpinned torch would pull several GB of CUDA packages
-	$(BIN)/pip install --quiet torch==2.13.0
+	# torch first and pinned (an unpinned one could be a newer release); TORCH_INDEX picks the CPU build
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
@@ -40,6 +43,19 @@ lessons: install
 
 unit: install
 	$(BIN)/python -m pytest -q tests
+
+# The unit tests under other ATen CPU kernels and thread counts (CI runs this after `make test`): float32
+# rounding differs between AVX-512, AVX2 and plain C kernels, so a tolerance tuned to one machine fails here.
+# ATEN_CPU_CAPABILITY names x86 kernels; elsewhere ATen ignores it and the thread counts still differ.
+CPU_SETTINGS := default:1 avx2:2
+
+unit-cpus: install
+	@for setting in $(CPU_SETTINGS); do \
+		cap=$${setting%%:*}; threads=$${setting##*:}; \
+		echo "== unit tests with ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads"; \
+		ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads DOGE_CHECKS_JSON=.ci/checks-$$cap-$${threads}threads.jsonl \
+			$(BIN)/python -m pytest -q -p no:cacheprovider tests || exit 1; \
+	done
 
 notebooks: install
 	$(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=1800 -p no:cacheprovider $(NOTEBOOKS)
