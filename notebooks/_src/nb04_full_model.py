@@ -183,8 +183,8 @@ each token only touches 16 experts of them.
 
 A Hugging Face model folder is a `config.json` plus `model.safetensors` (or shards listed in an index). We
 write and read only safetensors: a pickle file can execute code when loaded, a safetensors file is just bytes
-and shapes. Saving is atomic (each file is written under a temporary name and renamed), so a crash never leaves
-a half-written checkpoint behind.
+and shapes. `save_pretrained` writes the whole folder beside the target and then swaps it in, so an
+interrupted save leaves the old checkpoint whole (never a mix of old and new files, nor a half-written one).
 
 ### 4a. Our save, transformers' load
 """),
@@ -227,6 +227,12 @@ the repository name:
 | **A** | the classic Hub repos with custom code (Doge-20M/60M/160M/320M, their -Instruct / -SFT / -Reason-Distill, our two seed models) | no q/k norm; `A` and `dt_proj` per **query** head; the bias is *added* to the causal mask | `word_embed`, `pre_layernorm`, `pre_residual.weight`, `post_layernorm`, `post_residual.weight`, `feed_forward.*`, `final_layernorm` |
 | **B** | small-doge after mid-2025 | as A | transformers' names |
 | **C** | transformers-native (Doge-40M and newer) | `q_norm`/`k_norm`; `A`, `dt_proj` per **KV** head; forbidden positions *replaced* by the minimum, then top-k | transformers' names |
+
+Generation A has no keep-window top-k. Its code adds the bias to the causal mask, and only past
+`keep_window_size` keys does it drop anything: the keys whose bias is below the k-th smallest, with
+`k = int((S - keep_window_size) * dynamic_mask_ratio)`. The published configs set `dynamic_mask_ratio` to 0, so
+k = 0 and a classic checkpoint attends to every earlier token at any length. Our `classic` variant does exactly
+this (an earlier version of the package raised an error for sequences longer than the keep window).
 
 transformers 5 only knows generation C. Our loader detects the generation, renames A's keys to B's, and builds
 the `classic` attention variant for A and B. We cannot download a classic checkpoint here, so we *make* one:

@@ -126,7 +126,10 @@ and residual scales, is transformers' own code. One more difference is harmless:
 causal mask holding the dtype minimum, native *replaces* masked entries with that minimum; since
 `finfo.min + b` rounds back to `finfo.min` for any bias below ~1e31, both give the same floats.
 
-The expansion is exact; here it is in a few lines:
+The expansion of the weights is exact (it only copies rows). The keys it produces are equal to the repeated
+GQA keys only up to float32 rounding: `[5, 32] @ [32, 32]` and `[5, 32] @ [32, 16]` are different products, and a
+BLAS may block and sum them in a different order. So the check below is exact for the weights and, for the keys,
+bounded by the float32 error of a 32-term dot product. Here it is in a few lines:
 """),
 code("""
 # NBVAL_CHECK_OUTPUT
@@ -140,7 +143,12 @@ k_w = torch.randn(2 * 8, 32, generator=g)
 x = torch.randn(5, 32, generator=g)
 k_gqa = (x @ k_w.T).view(5, 2, 8)
 k_mha = (x @ expand_kv(k_w, 4, 2, 8).T).view(5, 4, 8)
-print("expanded keys == repeat_kv'd keys:", torch.equal(k_mha, k_gqa.repeat_interleave(2, dim=1)))
+print("expanded weights == KV weights copied per query head:",
+      torch.equal(expand_kv(k_w, 4, 2, 8).view(2, 2, 8, 32), k_w.view(2, 1, 8, 32).expand(2, 2, 8, 32)))
+# each of the two products is within 32 * 2**-24 * sum_i |x_i w_i| of the exact dot product, so they are within twice that
+bound = 2 * 32 * 2**-24 * (x.abs() @ k_w.abs().T).view(5, 2, 8).repeat_interleave(2, dim=1)
+print("expanded keys == repeat_kv'd keys (to float32 rounding):",
+      bool(((k_mha - k_gqa.repeat_interleave(2, dim=1)).abs() <= bound).all()))
 """),
 md("""
 ## 3. A layer-by-layer debugger from forward hooks
