@@ -359,13 +359,43 @@ def ifeval_scores(rows: Sequence[Mapping[str, Any]], responses: Sequence[str]) -
     return out
 
 
-def _replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def after_thinking(reply: str, think_end: str) -> str:
+    """The answer part of a reasoning reply: what follows the last ``think_end`` (the harness's ``think_end_token``
+    rule; the whole reply when there is none), without our solution-section tags."""
+    from .tokenizer import BEGIN_SOLUTION, END_SOLUTION
+
+    answer = reply.split(think_end)[-1].lstrip()
+    return answer.replace(BEGIN_SOLUTION, "").replace(END_SOLUTION, "").strip()
+
+
+def _replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
+             system_prompt: str | None = None, think_end: str | None = None) -> list[str]:
+    """Greedy one-turn chat replies, cut at the end of the turn (and after the thinking, for a reasoning model)."""
     from .data import _cut_at_end_of_turn
     from .generation import chat_replies
 
-    replies = chat_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens,
-                           batch_size)
-    return [_cut_at_end_of_turn(r) for r in replies]
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    replies = chat_replies(model, tokenizer, [system + [{"role": "user", "content": p}] for p in prompts],
+                           max_new_tokens, batch_size)
+    replies = [_cut_at_end_of_turn(r) for r in replies]
+    return [after_thinking(r, think_end) for r in replies] if think_end else replies
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How generation tasks talk to a model: a system prompt, where its thinking ends, and a token budget."""
+
+    system_prompt: str | None = None
+    think_end: str | None = None
+    max_new_tokens: int = 48
+
+
+def reasoning_format(max_new_tokens: int = 160) -> ChatFormat:
+    """The Reason-Distill card's system prompt; the answer is what follows ``<|end_of_thought|>``."""
+    from .data import REASONING_SYSTEM_PROMPT
+    from .tokenizer import END_THOUGHT
+
+    return ChatFormat(REASONING_SYSTEM_PROMPT, END_THOUGHT, max_new_tokens)
 
 
 # ------------------------------------------------------------------------------------------ the tasks
@@ -394,18 +424,20 @@ def _mc_task(name: str, file: str, doc, chance: float | None = None, fewshot_fil
 
 
 def _run_ifeval(model, tokenizer, folder: str | Path = BENCHMARK_DIR, limit: int | None = None, batch_size: int = 32,
-                max_new_tokens: int = 48, **_: Any) -> TaskResult:
+                chat: ChatFormat = ChatFormat(), **_: Any) -> TaskResult:
     rows = read_benchmark("ifeval", folder)[:limit]
-    replies = _replies(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, batch_size)
+    replies = _replies(model, tokenizer, [r["prompt"] for r in rows], chat.max_new_tokens, batch_size,
+                       chat.system_prompt, chat.think_end)
     items = [{"prompt": r["prompt"], "reply": reply, "strict": instruction_results(r, reply)}
              for r, reply in zip(rows, replies)]
     return TaskResult("doge_ifeval", ifeval_scores(rows, replies), len(rows), None, items)
 
 
 def _run_qa(model, tokenizer, folder: str | Path = BENCHMARK_DIR, limit: int | None = None, batch_size: int = 32,
-            max_new_tokens: int = 32, **_: Any) -> TaskResult:
+            chat: ChatFormat = ChatFormat(), **_: Any) -> TaskResult:
     rows = read_benchmark("qa_test", folder)[:limit]
-    replies = _replies(model, tokenizer, [r["question"] for r in rows], max_new_tokens, batch_size)
+    replies = _replies(model, tokenizer, [r["question"] for r in rows], chat.max_new_tokens, batch_size,
+                       chat.system_prompt, chat.think_end)
     items = [{"question": r["question"], "answer": r["answer"], "reply": reply,
               "exact_match": exact_match(reply, r["answer"])} for r, reply in zip(rows, replies)]
     metrics = {"exact_match": mean_stderr([float(i["exact_match"]) for i in items])}
@@ -427,12 +459,15 @@ HEADLINE = {"doge_arc": "acc", "doge_piqa": "acc", "doge_hellaswag": "acc_norm",
 
 
 def evaluate(model, tokenizer, tasks: Sequence[str] = tuple(LOCAL_TASKS), limit: int | None = None,
-             batch_size: int = 32, folder: str | Path = BENCHMARK_DIR) -> dict[str, TaskResult]:
-    """Score ``model`` on the project's benchmark files (``LOCAL_TASKS``)."""
+             batch_size: int = 32, folder: str | Path = BENCHMARK_DIR, chat: ChatFormat = ChatFormat()
+             ) -> dict[str, TaskResult]:
+    """Score ``model`` on the project's benchmark files (``LOCAL_TASKS``). ``chat`` is how the generation tasks
+    prompt it (``reasoning_format()`` for a thought/solution model); multiple choice is plain text either way."""
     unknown = [t for t in tasks if t not in LOCAL_TASKS]
     if unknown:
         raise ValueError(f"unknown local task(s) {unknown}; local tasks are {sorted(LOCAL_TASKS)}")
-    return {t: LOCAL_TASKS[t].run(model, tokenizer, folder=folder, limit=limit, batch_size=batch_size) for t in tasks}
+    return {t: LOCAL_TASKS[t].run(model, tokenizer, folder=folder, limit=limit, batch_size=batch_size, chat=chat)
+            for t in tasks}
 
 
 def format_results(results: Mapping[str, TaskResult]) -> str:
@@ -482,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(arc_easy, piqa, hellaswag, mmlu, ifeval, ...), which needs the Hub")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--reasoning", action="store_true",
+                        help="generation tasks: the Reason-Distill system prompt, score what follows the thinking")
     parser.add_argument("--num-fewshot", type=int, default=None, help="lm-eval tasks only")
     parser.add_argument("--apply-chat-template", action="store_true", help="lm-eval tasks only")
     return parser
@@ -507,7 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(err))
     if local:
         try:
-            print(format_results(evaluate(model, tokenizer, local, args.limit, args.batch_size)))
+            chat = reasoning_format() if args.reasoning else ChatFormat()
+            print(format_results(evaluate(model, tokenizer, local, args.limit, args.batch_size, chat=chat)))
         except (DataFormatError, FileNotFoundError) as err:
             return _fail(str(err))
     if harness:

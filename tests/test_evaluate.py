@@ -266,3 +266,11 @@ def test_cli_offline_hub_id_fails_in_one_line(capsys):
     assert E.main(["SmallDoge/Doge-60M-Instruct", "--tasks", "arc_easy"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("evaluate: error:") and "HF_HUB_OFFLINE" in err and len(err.splitlines()) == 1
+
+
+def test_reasoning_replies_are_scored_after_the_thinking():
+    reply = ("<|begin_of_thought|>\n\nWe compare 3.9 and 3.11.\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n"
+             "The bigger number is 3.9.\n\n<|end_of_solution|>")
+    answer = E.after_thinking(reply, "<|end_of_thought|>")
+    assert answer == "The bigger number is 3.9." and E.exact_match(answer, "3.9")
+    assert E.after_thinking("No thinking here.", "<|end_of_thought|>") == "No thinking here."
