@@ -8,8 +8,10 @@
    produced one of the eos ids or ``max_new_tokens`` tokens.
 
 The processing chain is the one the model cards rely on (transformers' ``generate`` semantics):
-repetition penalty (always), then for sampling temperature -> top-k -> top-p, then softmax and a
-multinomial draw. Seeding ``torch.manual_seed`` before a call reproduces transformers' sample exactly;
+repetition penalty (always), then for sampling temperature -> top-k -> top-p -> min-p, then softmax and a
+multinomial draw. Every other transformers ``GenerationConfig`` setting is either harmless here (it changes
+how the tokens are produced or reported, never which) or refused with an error naming it
+(``GENERATION_CONFIG_FIELDS``). Seeding ``torch.manual_seed`` before a call reproduces transformers' sample exactly;
 ``seed=`` uses a private generator so sampling reproduces without touching the global RNG.
 
 Batched prompts are left padded: row b's real tokens end at the last column, so every row's next
@@ -19,6 +21,7 @@ token is written in the same column. Positions count real tokens only (``cumsum(
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -26,6 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from .cache import StaticKVCache
+from .model import check_token_ids
 
 
 # --------------------------------------------------------------------------------------------------
@@ -44,6 +48,7 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int | None = 50
     top_p: float = 1.0
+    min_p: float | None = None
     repetition_penalty: float = 1.0
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
@@ -62,6 +67,8 @@ class GenerationConfig:
             fail("top_k", "must be None, 0 (off) or a positive integer")
         if not 0.0 <= self.top_p <= 1.0:
             fail("top_p", "must be in [0, 1]")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            fail("min_p", "must be None (off) or in [0, 1]")
         if not self.repetition_penalty > 0:
             fail("repetition_penalty", "must be > 0 (1.0 = off)")
 
@@ -72,35 +79,92 @@ class GenerationConfig:
         return [int(self.eos_token_id)] if isinstance(self.eos_token_id, int) else [int(i) for i in self.eos_token_id]
 
 
-# transformers GenerationConfig fields that would change the result but that we do not implement
-_UNSUPPORTED = {"num_beams": 1, "num_return_sequences": 1, "typical_p": 1.0, "no_repeat_ngram_size": 0,
-                "min_new_tokens": None, "min_length": 0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
-                "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None,
-                "forced_bos_token_id": None, "forced_eos_token_id": None, "penalty_alpha": None,
-                "stop_strings": None, "assistant_model": None, "return_dict_in_generate": False}
+# Every field of transformers 5.23's GenerationConfig (and the few generate() arguments that select a
+# decoding mode), by what this generate does with it. "implemented": a field of our GenerationConfig.
+# "harmless": changes how or how fast tokens are produced, or what would be reported, never which tokens
+# (beam-search and assisted-decoding knobs count here because the modes they tune are refused).
+# Refused: any value but the neutral ones listed (None always means unset).
+_IMPLEMENTED = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                "eos_token_id", "pad_token_id", "use_cache")
+_HARMLESS = ("transformers_version", "bos_token_id", "decoder_start_token_id", "output_attentions",
+             "output_hidden_states", "output_scores", "output_logits", "cache_implementation", "cache_config",
+             "max_cache_len", "compile_config", "disable_compile", "prefill_chunk_size",
+             "continuous_batching_config", "low_memory", "early_stopping", "length_penalty",
+             # a log-softmax after the processors: the same argmax and the same sampling distribution
+             "renormalize_logits",
+             "is_assistant", "num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold",
+             "max_matching_ngram_size", "assistant_lookbehind", "target_lookbehind")
+_REFUSED: dict[str, tuple] = {
+    "num_beams": (1,), "num_beam_groups": (1,), "diversity_penalty": (0.0,), "num_return_sequences": (1,),
+    "penalty_alpha": (0.0,), "dola_layers": (), "top_h": (), "typical_p": (1.0,), "epsilon_cutoff": (0.0,),
+    "eta_cutoff": (0.0,), "encoder_repetition_penalty": (1.0,), "no_repeat_ngram_size": (0,),
+    "encoder_no_repeat_ngram_size": (0,), "bad_words_ids": (), "force_words_ids": (), "constraints": (),
+    "sequence_bias": (), "suppress_tokens": (), "begin_suppress_tokens": (), "forced_bos_token_id": (),
+    "forced_eos_token_id": (), "min_length": (0,), "min_new_tokens": (0,), "max_time": (),
+    "stop_strings": (), "guidance_scale": (1.0,), "exponential_decay_length_penalty": (),
+    "remove_invalid_values": (False,), "token_healing": (False,), "watermarking_config": (),
+    "prompt_lookup_num_tokens": (), "assistant_early_exit": (), "assistant_ensemble_weight": (),
+    "speculation_type": (), "use_mtp": (False,), "return_dict_in_generate": (False,),
+    # generate() arguments of transformers that are not config fields
+    "assistant_model": (), "logits_processor": (), "stopping_criteria": (), "prefix_allowed_tokens_fn": (),
+    "negative_prompt_ids": (), "negative_prompt_attention_mask": (),
+}
+GENERATION_CONFIG_FIELDS: dict[str, str] = {
+    **dict.fromkeys(_IMPLEMENTED, "implemented"), **dict.fromkeys(_HARMLESS, "harmless"),
+    **dict.fromkeys(_REFUSED, "refused"), "max_length": "harmless when max_new_tokens is set, else refused",
+}
+
+
+def _is_neutral(name: str, value: Any) -> bool:
+    if value is None or isinstance(value, (list, tuple, dict, set, str)) and not value:
+        return True
+    return value in _REFUSED[name]
+
+
+def _transformers_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Our fields from transformers-style ``settings``: harmless ones dropped, refused ones raise.
+
+    Names that are neither ours nor transformers' are kept, so the caller can report them as unknown.
+    """
+    if settings.get("max_new_tokens") is None and settings.get("max_length") is not None:
+        raise NotImplementedError(f"max_length={settings['max_length']!r} is not supported by this generate; "
+                                  "set max_new_tokens instead")
+    ours = {}
+    for name, value in settings.items():
+        if name in _HARMLESS or name == "max_length":
+            continue
+        if name in _REFUSED:
+            if not _is_neutral(name, value):
+                raise NotImplementedError(f"{name}={value!r} is not supported by this generate (it would change "
+                                          f"the output); leave it unset (see GENERATION_CONFIG_FIELDS)")
+            continue
+        ours[name] = value
+    return ours
 
 
 def resolve_config(model_config, generation_config=None, **overrides) -> GenerationConfig:
     """Our ``GenerationConfig`` from ours, a transformers ``GenerationConfig``, a dict, or None, plus overrides.
 
     Fields a transformers config leaves unset (None) take transformers' defaults; a setting that would
-    change the output but is not implemented here raises instead of being ignored silently.
+    change the output but is not implemented here raises instead of being ignored silently, and so does a
+    set attribute of a transformers config that this module does not know.
     """
     fields = {f.name for f in dataclasses.fields(GenerationConfig)}
     given: dict[str, Any] = {}
     if isinstance(generation_config, GenerationConfig):
         given = dataclasses.asdict(generation_config)
     elif isinstance(generation_config, dict):
-        given = dict(generation_config)
+        given = _transformers_settings(generation_config)
     elif generation_config is not None:  # a transformers.GenerationConfig (or anything with its attributes)
-        for name, neutral in _UNSUPPORTED.items():
-            value = getattr(generation_config, name, neutral)
-            if value is not None and value != neutral:
-                raise NotImplementedError(f"generation_config.{name}={value!r} is not supported by this generate")
-        if getattr(generation_config, "max_new_tokens", None) is None and getattr(generation_config, "max_length", None):
-            raise NotImplementedError("set generation_config.max_new_tokens (max_length is not supported)")
+        public = {k: v for k, v in vars(generation_config).items() if not k.startswith("_")}
+        strangers = sorted(k for k, v in public.items()
+                           if k not in GENERATION_CONFIG_FIELDS and k not in fields and v is not None)
+        if strangers:
+            raise NotImplementedError(f"generation_config sets {strangers}, which this generate does not know; "
+                                      "remove them (see GENERATION_CONFIG_FIELDS)")
         # transformers leaves unset fields at None and fills in its defaults (ours) later
-        given = {name: value for name in fields if (value := getattr(generation_config, name, None)) is not None}
+        given = {k: v for k, v in _transformers_settings(public).items() if v is not None}
+    overrides = _transformers_settings(overrides)
     unknown = sorted((set(given) | set(overrides)) - fields)
     if unknown:
         raise TypeError(f"unknown generation settings {unknown}; known: {sorted(fields)}")
@@ -154,8 +218,18 @@ def top_p_filter(scores: torch.Tensor, p: float) -> torch.Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
+def min_p_filter(scores: torch.Tensor, p: float) -> torch.Tensor:
+    """Drop every token less likely than p times the most likely one (which always stays). [B, V] -> [B, V]
+
+    Unlike top-p, the cut follows the model's confidence: a peaked distribution keeps few tokens, a flat
+    one many.
+    """
+    probs = scores.softmax(dim=-1)
+    return scores.masked_fill(probs < p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+
+
 def process_logits(logits: torch.Tensor, seen: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
-    """Repetition penalty, then (sampling only) temperature, top-k and top-p. [B, V] float32 -> [B, V]"""
+    """Repetition penalty, then (sampling only) temperature, top-k, top-p and min-p. [B, V] float32 -> [B, V]"""
     scores = apply_repetition_penalty(logits, seen, config.repetition_penalty)
     if config.do_sample:
         if config.temperature != 1.0:
@@ -163,6 +237,8 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor, config: GenerationC
         if config.top_k:
             scores = top_k_filter(scores, config.top_k)
         scores = top_p_filter(scores, config.top_p)
+        if config.min_p is not None:
+            scores = min_p_filter(scores, config.min_p)
     return scores
 
 
@@ -327,6 +403,55 @@ def make_stepper(model, batch_size: int, max_length: int, cache: str) -> Stepper
 # --------------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------------
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation on ``device`` can take now (CUDA: free device memory; CPU: MemAvailable), or None
+    where the platform does not say."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def kv_cache_bytes(model, batch: int, length: int) -> int:
+    """Bytes of the keys and values (and, for ``FastDoge``, the cached bias) of ``length`` positions.
+
+    The fast decoder stores float32 whatever the weights; the teaching model's cache takes the weights' dtype.
+    """
+    config = model.config
+    fast = hasattr(model, "make_stepper")
+    element = 4 if fast else next(model.parameters()).element_size()
+    per_position = 2 * config.num_key_value_heads * config.head_dim + (config.num_attention_heads if fast else 0)
+    return config.num_hidden_layers * batch * length * per_position * element
+
+
+def check_generation_fits(model, batch: int, prompt_len: int, max_new_tokens: int, device: torch.device) -> None:
+    """Refuse a ``max_new_tokens`` whose KV cache could never fit in memory, before any of it is allocated.
+
+    The static cache (and the fast decoder's) is allocated up front for prompt + max_new_tokens positions; a
+    growing cache would reach the same size if no eos came. Positions past max_position_embeddings are not
+    refused: dynamic-NTK rotary embeddings and the keep window are made for longer sequences.
+    """
+    needed = kv_cache_bytes(model, batch, prompt_len + max_new_tokens)
+    available = available_memory_bytes(device)
+    if available is not None and needed > available:
+        limit = getattr(model.config, "max_position_embeddings", None)
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens}: a batch of {batch} with {prompt_len} prompt tokens needs a KV cache "
+            f"of {needed / 2**30:.1f} GiB for {prompt_len + max_new_tokens} positions, more than the "
+            f"{available / 2**30:.1f} GiB of {device.type} memory available; ask for fewer new tokens "
+            f"(the model was trained for {limit} positions)")
+
+
 def left_padding_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, T] 0/1 mask (left padded) -> position ids [B, T]: real tokens count from 0, padding gets 0."""
     real = attention_mask.long()
@@ -355,6 +480,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
             attention_mask = input_ids.get("attention_mask")
         input_ids = input_ids["input_ids"]
     config = resolve_config(model.config, generation_config, **settings)
+    check_token_ids(input_ids, model.config.vocab_size)  # the fast decoder does not run the model's forward
     if not config.use_cache:
         cache = "none"
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
@@ -378,6 +504,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         rows, cols = full_mask.nonzero(as_tuple=True)
         seen[rows, input_ids[rows, cols]] = True
 
+    check_generation_fits(model, batch, prompt_len, config.max_new_tokens, input_ids.device)
     stepper = make_stepper(model, batch, prompt_len + config.max_new_tokens, cache)
     if streamer is not None:
         streamer.put(input_ids.cpu())

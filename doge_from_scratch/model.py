@@ -125,6 +125,21 @@ class DogeOutput(ModelOutput):
     router_logits: tuple[torch.Tensor, ...] | None = None
 
 
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """Raise ValueError naming the first id outside [0, vocab_size) in ``input_ids`` [B, T].
+
+    The embedding lookup would fail with an unnamed index error on a CPU and a device-side assert on a GPU;
+    min and max are two cheap reductions, and only a bad tensor pays for finding which id it was.
+    """
+    if input_ids.numel() == 0:
+        return
+    if int(input_ids.min()) >= 0 and int(input_ids.max()) < vocab_size:
+        return
+    bad = ((input_ids < 0) | (input_ids >= vocab_size)).nonzero()[0].tolist()
+    raise ValueError(f"input_ids{bad} = {int(input_ids[tuple(bad)])} is outside the vocabulary: "
+                     f"ids must be in [0, {vocab_size}) (config.vocab_size = {vocab_size})")
+
+
 class DogeModel(DogePreTrainedModel):
     """Embedding -> decoder layers -> final RMSNorm. input_ids: [B, T] -> hidden states [B, T, H]."""
 
@@ -147,6 +162,8 @@ class DogeModel(DogePreTrainedModel):
                 use_cache: bool = False, **_unused) -> DogeOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            check_token_ids(input_ids, self.config.vocab_size)
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, t, _ = x.shape
         if use_cache and past_key_values is None:
