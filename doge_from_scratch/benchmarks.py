@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .data import CAPITALS, DATA_DIR, TASKS, DataFormatError, Problem, write_jsonl
+from .data import CAPITALS, TASKS, DataFormatError, Problem, write_jsonl
+from .paths import DATA_DIR
 
 BENCHMARK_DIR = DATA_DIR / "benchmarks"
 SEED = 5000

@@ -37,6 +37,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from .paths import DATA_DIR
 from .tokenizer import (
     BEGIN_SOLUTION,
     BEGIN_THOUGHT,
@@ -44,12 +45,10 @@ from .tokenizer import (
     END_SOLUTION,
     END_THOUGHT,
     EOS_TOKEN,
-    PROJECT_ROOT,
     START_HEADER_TOKEN,
     train_bpe_tokenizer,
 )
 
-DATA_DIR = PROJECT_ROOT / "data"
 DATASET_KINDS = ("pretrain", "chat", "preference", "reasoning")
 SPLITS = ("train", "test")
 TOKENIZER_VOCAB_SIZE = 2048

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .paths import ARTIFACTS_DIR
 from .train_utils import (OptimizerSettings, StageLoss, StepLog, make_optimizer, make_scheduler, step_groups,
                           token_nll, train, world_size)
 
@@ -247,10 +248,10 @@ def ensure_dpo(folder: str | Path | None = None, sft_folder: str | Path | None =
     """The DPO model of lesson 08, trained from the SFT model (``ensure_sft``) unless ``folder`` has one."""
     from .data import load_lesson_dataset
     from .model import DogeForCausalLM
-    from .sft import ARTIFACTS, ensure_sft, save_stage
+    from .sft import ensure_sft, save_stage
     from .tokenizer import load_tokenizer
 
-    folder = Path(folder) if folder is not None else ARTIFACTS / "dpo"
+    folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "dpo"
     if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
         return folder
     if world_size() > 1:

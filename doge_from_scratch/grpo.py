@@ -560,7 +560,8 @@ def ensure_reason_distill(folder: str | Path | None = None, progress: bool = Tru
 
     from .data import load_lesson_dataset
     from .model import DogeForCausalLM
-    from .sft import ARTIFACTS, SFTSettings, ensure_sft, save_stage, train_sft
+    from .paths import ARTIFACTS_DIR as ARTIFACTS
+    from .sft import SFTSettings, ensure_sft, save_stage, train_sft
     from .tokenizer import load_tokenizer
 
     folder = Path(folder) if folder is not None else ARTIFACTS / "reason_distill"

@@ -40,12 +40,11 @@ from torch import nn
 
 from .atomic import atomic_save_safetensors, atomic_write_text, replace_folder
 from .config import DogeConfig
-from .data import DATA_DIR, data_file, read_jsonl
+from .data import data_file, read_jsonl
 from .model import DogeForCausalLM
-from .tokenizer import DEFAULT_TOKENIZER_DIR, PROJECT_ROOT, load_tokenizer
+from .paths import DATA_DIR, PRETRAINED_DIR, TOKENIZER_DIR
+from .tokenizer import load_tokenizer
 from .train_utils import progress_bar
-
-DEFAULT_PRETRAINED_DIR = PROJECT_ROOT / "artifacts" / "pretrained"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -606,7 +605,7 @@ def save_pretrained_model(result: PretrainResult, tokenizer, folder: str | Path,
 
 def ensure_pretrained(path: str | Path | None = None, progress: bool = True) -> Path:
     """The pretrained tiny Doge folder; trains it with the lesson-06 recipe first if it is missing."""
-    folder = Path(path) if path is not None else DEFAULT_PRETRAINED_DIR
+    folder = Path(path) if path is not None else PRETRAINED_DIR
 
     def complete() -> bool:
         needed = ("config.json", "model.safetensors", "tokenizer.json", "pretrain_summary.json")
@@ -622,7 +621,7 @@ def ensure_pretrained(path: str | Path | None = None, progress: bool = True) -> 
         if complete():
             return folder
         cfg = PretrainConfig()
-        tokenizer = load_tokenizer(DEFAULT_TOKENIZER_DIR)
+        tokenizer = load_tokenizer(TOKENIZER_DIR)
         result = pretrain(cfg, tokenizer, progress=progress)
         return save_pretrained_model(result, tokenizer, folder, cfg)
 
@@ -672,7 +671,7 @@ def chat_reply(model: DogeForCausalLM, tokenizer, messages: list[dict[str, str]]
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Pretrain the lessons' tiny Doge and save it.")
-    parser.add_argument("--out", default=str(DEFAULT_PRETRAINED_DIR))
+    parser.add_argument("--out", default=str(PRETRAINED_DIR))
     parser.add_argument("--steps", type=int, default=PretrainConfig.max_steps)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--checkpoints", default=None, help="folder for resumable checkpoints")

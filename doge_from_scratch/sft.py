@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
+from .paths import ARTIFACTS_DIR
 from .train_utils import (OptimizerSettings, StageLoss, StepLog, make_optimizer, make_scheduler, step_groups, token_nll, train,
                           world_size)
 
 IGNORE = -100
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def ensure_sft(folder: str | Path | None = None, pretrained: str | Path | None =
     from .pretrain import ensure_pretrained
     from .tokenizer import load_tokenizer
 
-    folder = Path(folder) if folder is not None else ARTIFACTS / "sft"
+    folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "sft"
     if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
         return folder
     if world_size() > 1:
@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .train_utils import rank
 
     parser = argparse.ArgumentParser(description="SFT of the pretrained lesson model (single process or torchrun).")
-    parser.add_argument("--out", default=str(ARTIFACTS / "sft_ddp"))
+    parser.add_argument("--out", default=str(ARTIFACTS_DIR / "sft_ddp"))
     parser.add_argument("--max-examples", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=SFTSettings.epochs)
     args = parser.parse_args(argv)

@@ -22,8 +22,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TOKENIZER_DIR = PROJECT_ROOT / "data" / "tokenizer"
+from .paths import TOKENIZER_DIR
 
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
@@ -139,7 +138,7 @@ def check_doge_tokenizer(tokenizer: PreTrainedTokenizerFast) -> None:
         raise ValueError("tokenizer has no chat_template")
 
 
-def load_tokenizer(path: str | Path = DEFAULT_TOKENIZER_DIR) -> PreTrainedTokenizerFast:
+def load_tokenizer(path: str | Path = TOKENIZER_DIR) -> PreTrainedTokenizerFast:
     """Load the project's tokenizer (or any Doge tokenizer folder, e.g. a download of SmallDoge/Doge-tokenizer)."""
     path = Path(path)
     if not (path / "tokenizer.json").is_file():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from doge_from_scratch import data as D
+from doge_from_scratch.paths import DATA_DIR
 from doge_from_scratch.tokenizer import BEGIN_SOLUTION, BEGIN_THOUGHT, END_SOLUTION, END_THOUGHT, load_tokenizer
 
 
@@ -21,14 +22,14 @@ def rows():
 def test_committed_data_is_what_the_generator_makes(tmp_path):
     D.main(["--out", str(tmp_path)])
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    committed = sorted(p.relative_to(D.DATA_DIR) for p in D.DATA_DIR.rglob("*") if p.is_file())
+    committed = sorted(p.relative_to(DATA_DIR) for p in DATA_DIR.rglob("*") if p.is_file())
     assert generated == committed
     for rel in generated:
-        assert (tmp_path / rel).read_bytes() == (D.DATA_DIR / rel).read_bytes(), f"data/{rel} is stale"
+        assert (tmp_path / rel).read_bytes() == (DATA_DIR / rel).read_bytes(), f"data/{rel} is stale"
 
 
 def test_data_folder_is_small():
-    total = sum(p.stat().st_size for p in D.DATA_DIR.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file())
     # "a few MB": the corpus (4.6 MB, worked solutions included) is 2 epochs of lesson 06's 800 steps
     assert total < 8_000_000
 

@@ -36,7 +36,8 @@ from safetensors.torch import load_file
 
 from doge_from_scratch import DogeForCausalLM
 from doge_from_scratch.testing import randomize_, tiny_config
-from doge_from_scratch.tokenizer import PROJECT_ROOT, load_tokenizer
+from doge_from_scratch.paths import DATA_DIR
+from doge_from_scratch.tokenizer import load_tokenizer
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -212,7 +213,7 @@ code("""
 from doge_from_scratch.moe import load_balancing_loss
 
 tokenizer = load_tokenizer()
-rows = [json.loads(line)["text"] for line in (PROJECT_ROOT / "data/pretrain/test.jsonl").read_text().splitlines()]
+rows = [json.loads(line)["text"] for line in (DATA_DIR / "pretrain/test.jsonl").read_text().splitlines()]
 token_ids = torch.tensor(tokenizer("\\n".join(rows[:8])).input_ids[:1024])[None]
 usage_model = randomize_(DogeForCausalLM(tiny_config(vocab_size=len(tokenizer), is_moe=True, num_experts=256,
                                                      num_experts_per_tok=8)), seed=1).eval()

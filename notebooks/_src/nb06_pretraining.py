@@ -42,6 +42,7 @@ from transformers.optimization import get_wsd_schedule
 from doge_from_scratch import DogeForCausalLM
 from doge_from_scratch import data as D
 from doge_from_scratch import pretrain as P
+from doge_from_scratch.paths import ARTIFACTS_DIR, PRETRAINED_DIR, PROJECT_ROOT
 from doge_from_scratch.tokenizer import load_tokenizer
 
 torch.manual_seed(0)
@@ -211,13 +212,13 @@ bfloat16 autocast, and a checkpoint every `checkpoint_every` steps. This is the 
 `ensure_pretrained()` runs, so lessons 07-09 get the same model whether or not this notebook ran first.
 """),
 code("""
-checkpoint_dir = P.PROJECT_ROOT / "artifacts" / "pretrain_checkpoints"
+checkpoint_dir = ARTIFACTS_DIR / "pretrain_checkpoints"
 started = time.perf_counter()
 result = P.pretrain(cfg, tok, checkpoint_dir=checkpoint_dir)
 print(f"{time.perf_counter() - started:.0f} s, {result.tokens_per_second:,.0f} training tokens/s")
 print(f"validation loss {result.val_history[0]['val_loss']:.3f} -> {result.final_val_loss:.3f}")
-folder = P.save_pretrained_model(result, tok, P.DEFAULT_PRETRAINED_DIR, cfg)
-print("saved to", folder.relative_to(P.PROJECT_ROOT), sorted(p.name for p in folder.iterdir()))
+folder = P.save_pretrained_model(result, tok, PRETRAINED_DIR, cfg)
+print("saved to", folder.relative_to(PROJECT_ROOT), sorted(p.name for p in folder.iterdir()))
 """),
 code("""
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -319,7 +320,7 @@ import transformers
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 package_first_steps = P.pretrain(cfg, tok, stop_after=3, progress=False)
-reference = transformers.DogeForCausalLM.from_pretrained(P.DEFAULT_PRETRAINED_DIR).eval()
+reference = transformers.DogeForCausalLM.from_pretrained(PRETRAINED_DIR).eval()
 ids = val_rows[:2, :128]
 with torch.no_grad():
     diff = (reference(input_ids=ids).logits - model(input_ids=ids).logits).abs().max().item()
@@ -328,7 +329,7 @@ print(f"max |logits difference| transformers vs ours: {diff:.2e}")
 code("""
 # NBVAL_CHECK_OUTPUT
 assert all(abs(a - b["loss"]) < 1e-5 for a, b in zip(hand_losses, package_first_steps.history)), (hand_losses, package_first_steps.history)
-assert P.ensure_pretrained() == P.DEFAULT_PRETRAINED_DIR
+assert P.ensure_pretrained() == PRETRAINED_DIR
 assert diff < 1e-4, diff
 assert result.final_val_loss < 0.35 * result.val_history[0]["val_loss"]
 assert all(same) and whole.val_history == resumed.val_history

@@ -330,12 +330,13 @@ The model learnt writer B's habit along with everything else. Lesson 08 shows wh
 the task's checker does about it.
 """),
 code("""
+from doge_from_scratch.paths import ARTIFACTS_DIR, PROJECT_ROOT
 from doge_from_scratch.sft import save_stage
 
-sft_folder = save_stage(model, tokenizer, sft.ARTIFACTS / "sft", history, settings)
+sft_folder = save_stage(model, tokenizer, ARTIFACTS_DIR / "sft", history, settings)
 (sft_folder / "eval.json").write_text(json.dumps({"before": {k: before[k] for k in ("accuracy", "format")},
                                                    "after": {k: after[k] for k in ("accuracy", "format")}}))
-print("saved for lessons 08 and 09:", sft_folder.relative_to(sft.ARTIFACTS.parent))
+print("saved for lessons 08 and 09:", sft_folder.relative_to(PROJECT_ROOT))
 """),
 md("""
 ## 5. Parity with TRL's SFTTrainer

@@ -264,9 +264,10 @@ print("SFT:", reversals_right_by_phrasing(prompts, sft_eval["correct"]))
 print("DPO:", reversals_right_by_phrasing(prompts, dpo_eval["correct"]))
 """),
 code("""
-from doge_from_scratch.sft import ARTIFACTS, save_stage
+from doge_from_scratch.paths import ARTIFACTS_DIR
+from doge_from_scratch.sft import save_stage
 
-dpo_folder = save_stage(model, tokenizer, ARTIFACTS / "dpo", history, settings)
+dpo_folder = save_stage(model, tokenizer, ARTIFACTS_DIR / "dpo", history, settings)
 (dpo_folder / "eval.json").write_text(json.dumps({
     "held_out_pairs": {"before": held_metrics_before, "after": held_metrics_after},
     "generation": {"sft_accuracy": sft_eval["accuracy"], "dpo_accuracy": dpo_eval["accuracy"],

@@ -44,6 +44,7 @@ import transformers
 
 from doge_from_scratch import DogeForCausalLM, distill, sft
 from doge_from_scratch.data import REASONING_SYSTEM_PROMPT, check_answer, load_lesson_dataset
+from doge_from_scratch.paths import ARTIFACTS_DIR
 from doge_from_scratch.tokenizer import load_tokenizer
 
 torch.manual_seed(0)
@@ -306,7 +307,7 @@ the snippet against it - with our `DogeForCausalLM.from_pretrained` in place of 
 own `generate` (lesson 05).
 """),
 code("""
-student_folder = sft.save_stage(seq_student, tokenizer, sft.ARTIFACTS / "reason_distill", seq_log, settings)
+student_folder = sft.save_stage(seq_student, tokenizer, ARTIFACTS_DIR / "reason_distill", seq_log, settings)
 
 from transformers import AutoTokenizer, GenerationConfig, TextStreamer
 
