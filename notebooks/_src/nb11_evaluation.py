@@ -55,7 +55,7 @@ from doge_from_scratch.data import split_of
 from doge_from_scratch.dpo import ensure_dpo
 from doge_from_scratch.grpo import ensure_reason_distill
 from doge_from_scratch.pretrain import ensure_pretrained
-from doge_from_scratch.sft import ARTIFACTS, ensure_sft
+from doge_from_scratch.sft import ensure_sft
 from doge_from_scratch.tokenizer import load_tokenizer
 
 torch.manual_seed(0)
@@ -65,8 +65,10 @@ warnings.filterwarnings("ignore")
 %matplotlib inline
 
 # Stages with an ensure_* function are trained here if missing; the others come from their lessons.
+pretrained_folder = Path(ensure_pretrained(progress=False))
+ARTIFACTS = pretrained_folder.parent   # artifacts/: every stage saves its model folder there
 STAGES = {
-    "pretrained (06)": Path(ensure_pretrained(progress=False)),
+    "pretrained (06)": pretrained_folder,
     "SFT (07)": Path(ensure_sft(progress=False)),
     "DPO (08)": Path(ensure_dpo(progress=False)),
     "reason-distill student (09)": Path(ensure_reason_distill(progress=False)),
