@@ -29,14 +29,13 @@ import hashlib
 import json
 import random
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text, replace_folder
 from .paths import DATA_DIR
 from .tokenizer import (
     BEGIN_SOLUTION,
@@ -765,13 +764,9 @@ def data_file(kind: str, split: str, data_dir: str | Path = DATA_DIR) -> Path:
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
-    """Write rows atomically (tmp file in the same folder, then rename)."""
+    """Write rows as JSON lines, atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp = Path(f.name)
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _check_messages(value: Any, where: str, field_name: str, must_end_with: str | None = None) -> None:
@@ -867,12 +862,8 @@ def generate_all(data_dir: str | Path = DATA_DIR, vocab_size: int = TOKENIZER_VO
         for split in SPLITS:
             write_jsonl(generate_rows(kind, split), data_file(kind, split, data_dir))
     tokenizer = train_bpe_tokenizer(tokenizer_training_texts(data_dir), vocab_size=vocab_size)
-    tok_dir = data_dir / "tokenizer"
-    tmp_dir = Path(tempfile.mkdtemp(dir=data_dir, prefix=".tokenizer-"))
-    tokenizer.save_pretrained(str(tmp_dir))
-    if tok_dir.exists():
-        shutil.rmtree(tok_dir)
-    tmp_dir.replace(tok_dir)
+    with replace_folder(data_dir / "tokenizer") as staging:
+        tokenizer.save_pretrained(str(staging))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -51,10 +51,12 @@ import torch
 from torch import nn
 
 from . import debug
+from .atomic import atomic_save_safetensors, atomic_write_text, replace_folder
 from .attention import BACKENDS
 from .checkpoint import (CheckpointError, detect_generation, inspect_checkpoint, read_tensors, resolve_folder,
                          weight_files)
 from .model import DogeForCausalLM
+from .testing import randomize_
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # A float32 mismatch is a real difference; bfloat16 is reported, not judged by the same bar.
@@ -317,9 +319,6 @@ def write_stand_in(folder: str | Path, config, generation: str = "C", seed: int 
     scales away from their trivial values), so every part of the formula matters. The folder
     stands in for a published model when its weights are not at hand; it is not that model.
     """
-    from .atomic import atomic_save_safetensors, atomic_write_text
-    from .testing import randomize_
-
     folder = Path(folder)
     torch.manual_seed(seed)
     config = type(config)(**{**config.to_dict(), "attention_variant": "native" if generation == "C" else "classic"})
@@ -329,11 +328,12 @@ def write_stand_in(folder: str | Path, config, generation: str = "C", seed: int 
         return folder
     if generation != "A":
         raise ValueError(f"generation {generation!r}: write 'C' (native) or 'A' (classic)")
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in model.state_dict().items() if not (config.tie_word_embeddings and k == "lm_head.weight")}
-    atomic_save_safetensors({classic_key(k): v.contiguous() for k, v in state.items()},
-                            folder / "model.safetensors", {"format": "pt"})
-    atomic_write_text(folder / "config.json", json.dumps(classic_config_json(config), indent=2))
+    # weights and config are swapped in together, as save_pretrained does for generation C
+    with replace_folder(folder) as staging:
+        atomic_save_safetensors({classic_key(k): v.contiguous() for k, v in state.items()},
+                                staging / "model.safetensors", {"format": "pt"})
+        atomic_write_text(staging / "config.json", json.dumps(classic_config_json(config), indent=2))
     return folder
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_write_text
 from .paths import ARTIFACTS_DIR
 from .train_utils import (OptimizerSettings, StageLoss, StepLog, make_optimizer, make_scheduler, step_groups, token_nll, train,
                           world_size)
@@ -40,10 +41,12 @@ def render_chat(tokenizer, messages: Sequence[Mapping[str, str]]) -> tuple[list[
 
     ``<|begin_of_text|>`` then per turn ``<|start_header_id|>{role}<|end_header_id|>\\n{content}<|end_of_text|>\\n\\n``.
     Every piece boundary is a special token or a line break, where byte-level BPE never merges across, so
-    tokenising the pieces separately gives the same ids as tokenising the whole text.
+    tokenising the pieces separately gives the same ids as tokenising the whole text. A message's content is
+    encoded with special tokens off: an ``<|end_of_text|>`` or header typed into it stays text and cannot end
+    the turn or open another (as in ``DogeTokenizer.apply_chat_template``).
     """
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False) if text else []
+    def encode(text: str, as_text: bool = False) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=as_text) if text else []
 
     ids, mask = [tokenizer.bos_token_id], [0]
     for i, message in enumerate(messages):
@@ -53,7 +56,7 @@ def render_chat(tokenizer, messages: Sequence[Mapping[str, str]]) -> tuple[list[
         if not isinstance(content, str):
             raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")
         header = encode("<|start_header_id|>" + role + "<|end_header_id|>\n")
-        body = encode(content) + [tokenizer.eos_token_id]
+        body = encode(content, as_text=True) + [tokenizer.eos_token_id]
         ids += header + body + encode("\n\n")
         trained = 1 if role == "assistant" else 0
         mask += [0] * len(header) + [trained] * len(body) + [0] * len(encode("\n\n"))
@@ -218,17 +221,12 @@ def train_sft(model, tokenizer, records: Sequence[Mapping[str, Any]], settings: 
 
 def save_stage(model, tokenizer, folder: str | Path, history: Sequence[StepLog], settings) -> Path:
     """Model (safetensors + config), tokenizer and a training log, in one folder."""
-    import os
-    import tempfile
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(str(folder))
     log = {"settings": asdict(settings), "history": [asdict(h) for h in history]}
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as f:
-        json.dump(log, f, indent=1)
-    os.replace(f.name, folder / "training_log.json")
+    atomic_write_text(folder / "training_log.json", json.dumps(log, indent=1))
     return folder
 
 
