@@ -12,15 +12,24 @@ Our template also wraps each assistant turn's content (and its closing eos, whic
 in `{% generation %}` markers, so `apply_chat_template(..., return_assistant_tokens_mask=True)` and TRL's
 `assistant_only_loss` work. Code that only uses `apply_chat_template` and the special-token attributes works
 unchanged with the real tokenizer.
+
+A chat template renders text, and tokenizing that text turns every `<|end_of_text|>` or `<|start_header_id|>` in
+it into the control token, including one a user typed into a message: the message could close its turn and
+open a forged system turn. `DogeTokenizer.apply_chat_template` (what `load_tokenizer` returns) encodes control
+tokens that come from the messages as plain text; only the template's own become control tokens. Chats without
+such text are tokenized exactly as before.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import BatchEncoding, PreTrainedTokenizerFast
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from .paths import TOKENIZER_DIR
 
@@ -105,9 +114,149 @@ def train_bpe_tokenizer(
     return wrap_tokenizer(tok)
 
 
-def wrap_tokenizer(tok: Tokenizer, model_max_length: int = 2048) -> PreTrainedTokenizerFast:
+# Private-use characters around a control token that came from a message: the rendered text then tells
+# the template's control tokens from the user's.
+_FROM_MESSAGE_OPEN, _FROM_MESSAGE_CLOSE = "\uf8f0", "\uf8f1"
+
+
+def _mark_control_tokens(value: Any, pattern: re.Pattern) -> tuple[Any, int]:
+    """Wrap every control token in the strings of ``value`` (messages: dicts and lists, recursively, values
+    only) in the private markers. -> (marked copy, number of tokens marked)"""
+    if isinstance(value, str):
+        clean = value.replace(_FROM_MESSAGE_OPEN, "").replace(_FROM_MESSAGE_CLOSE, "")
+        return pattern.subn(lambda m: _FROM_MESSAGE_OPEN + m.group(0) + _FROM_MESSAGE_CLOSE, clean)
+    if isinstance(value, dict):
+        pairs = {key: _mark_control_tokens(item, pattern) for key, item in value.items()}
+        return {key: marked for key, (marked, _) in pairs.items()}, sum(n for _, n in pairs.values())
+    if isinstance(value, (list, tuple)):
+        pairs = [_mark_control_tokens(item, pattern) for item in value]
+        return [marked for marked, _ in pairs], sum(n for _, n in pairs)
+    return value, 0
+
+
+class DogeTokenizer(PreTrainedTokenizerFast):
+    """The fast tokenizer with a chat template that cannot be steered by control tokens inside messages.
+
+    Saved folders name the plain ``TokenizersBackend`` class, so any transformers install loads them (without
+    this protection); ``load_tokenizer`` brings it back.
+    """
+
+    def control_tokens(self) -> list[str]:
+        """Added tokens a message may not produce: the special ones and any in ``chat_control_tokens``."""
+        extra = set(self.chat_control_tokens or ())
+        return [t.content for t in self.added_tokens_decoder.values() if t.special or t.content in extra]
+
+    def apply_chat_template(self, conversation, tools=None, documents=None, chat_template=None,
+                            add_generation_prompt: bool = False, continue_final_message: bool | str = False,
+                            tokenize: bool = True, sanitize_control_tokens: bool = True, padding=False,
+                            truncation: bool = False, max_length: int | None = None, return_tensors=None,
+                            return_dict: bool = True, return_assistant_tokens_mask: bool = False,
+                            tokenizer_kwargs: dict[str, Any] | None = None, **kwargs):
+        """transformers' ``apply_chat_template``, except that with ``tokenize=True`` control tokens written inside
+        messages are encoded as text (``sanitize_control_tokens=False`` restores transformers' behaviour).
+
+        ``tokenize=False`` returns the same text as transformers: a string cannot say which control tokens are
+        whose, so tokenize it with this method, not by calling the tokenizer on the text.
+        """
+        common = dict(tools=tools, documents=documents, chat_template=chat_template,
+                      add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message)
+        pattern = re.compile("|".join(map(re.escape, sorted(self.control_tokens(), key=len, reverse=True))))
+        batched = isinstance(conversation, (list, tuple)) and bool(conversation) and isinstance(
+            conversation[0], (list, tuple))
+        marked, n_marked = _mark_control_tokens(conversation if batched else [conversation], pattern)
+        if not tokenize or not sanitize_control_tokens or n_marked == 0 or not pattern.pattern:
+            return super().apply_chat_template(
+                conversation, **common, tokenize=tokenize, padding=padding, truncation=truncation,
+                max_length=max_length, return_tensors=return_tensors, return_dict=return_dict,
+                return_assistant_tokens_mask=return_assistant_tokens_mask, tokenizer_kwargs=tokenizer_kwargs,
+                **kwargs)
+        if return_assistant_tokens_mask and not return_dict:
+            raise ValueError("`return_assistant_tokens_mask=True` requires `return_dict=True` and `tokenize=True`")
+        chats = [[{k: v for k, v in m.items() if v is not None} for m in chat] for chat in marked]
+        rendered, spans = render_jinja_template(
+            conversations=chats, return_assistant_tokens_mask=return_assistant_tokens_mask,
+            **dict(common, chat_template=self.get_chat_template(chat_template, tools)),
+            **{**self.special_tokens_map, **kwargs})
+        encoded = [self._encode_marked(text, pattern) for text in rendered]
+        ids = [row_ids[:max_length] if truncation and max_length else row_ids for row_ids, _ in encoded]
+        if not return_dict:
+            return ids if batched else ids[0]
+        masks = [self._assistant_mask(offsets, text, row_spans)[:len(row_ids)]
+                 for (_, offsets), text, row_spans, row_ids in zip(encoded, rendered, spans or [[]] * len(ids), ids)]
+        out = self.pad({"input_ids": ids if batched else ids[0]}, padding=padding, max_length=max_length,
+                       return_tensors=None)
+        if return_assistant_tokens_mask:
+            width = len(out["input_ids"][0]) if batched else len(out["input_ids"])
+            left = self.padding_side == "left"
+            masks = [[0] * (width - len(m)) + m if left else m + [0] * (width - len(m)) for m in masks]
+            out["assistant_masks"] = masks if batched else masks[0]
+        return BatchEncoding(dict(out), tensor_type=return_tensors)
+
+    def _encode_marked(self, text: str, pattern: re.Pattern) -> tuple[list[int], list[tuple[int, int]]]:
+        """Rendered text with message control tokens marked -> (ids, character spans in the unmarked text).
+
+        The text is cut at the template's control tokens, as the tokenizer itself cuts at added tokens, and
+        each piece in between is encoded with special tokens off; a chat without marked tokens gets exactly
+        the ids of plain tokenization.
+        """
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        piece, start, position = [], 0, 0  # position: index in the unmarked text
+
+        def flush() -> None:
+            if piece:
+                enc = self("".join(piece), add_special_tokens=False, split_special_tokens=True,
+                           return_offsets_mapping=True)
+                ids.extend(enc["input_ids"])
+                offsets.extend((start + a, start + b) for a, b in enc["offset_mapping"])
+
+        marked = re.compile(f"{_FROM_MESSAGE_OPEN}({pattern.pattern}){_FROM_MESSAGE_CLOSE}|({pattern.pattern})")
+        cursor = 0
+        for match in marked.finditer(text):
+            plain = text[cursor:match.start()]
+            piece.append(plain)
+            position += len(plain)
+            if match.group(1) is not None:  # a message's: text
+                piece.append(match.group(1))
+                position += len(match.group(1))
+            else:  # the template's: a control token
+                flush()
+                ids.append(self.convert_tokens_to_ids(match.group(2)))
+                offsets.append((position, position + len(match.group(2))))
+                position += len(match.group(2))
+                piece, start = [], position
+            cursor = match.end()
+        piece.append(text[cursor:])
+        flush()
+        return ids, offsets
+
+    @staticmethod
+    def _assistant_mask(offsets: list[tuple[int, int]], text: str, spans: list[tuple[int, int]]) -> list[int]:
+        """1 for each token overlapping a ``{% generation %}`` span (given in the marked text's characters)."""
+        markers = [i for i, ch in enumerate(text) if ch in (_FROM_MESSAGE_OPEN, _FROM_MESSAGE_CLOSE)]
+
+        def unmarked(index: int) -> int:
+            return index - sum(1 for m in markers if m < index)
+
+        plain_spans = [(unmarked(a), unmarked(b)) for a, b in spans]
+        return [int(any(a < e and b > s for s, e in plain_spans)) for a, b in offsets]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save, naming the plain backend class in tokenizer_config.json (see the class docstring)."""
+        files = super().save_pretrained(save_directory, *args, **kwargs)
+        for name in files:
+            if str(name).endswith("tokenizer_config.json"):
+                path = Path(name)
+                text = path.read_text(encoding="utf-8")
+                ours = f'"tokenizer_class": "{type(self).__name__}"'
+                path.write_text(text.replace(ours, f'"tokenizer_class": "{PreTrainedTokenizerFast.__name__}"'),
+                                encoding="utf-8")
+        return files
+
+
+def wrap_tokenizer(tok: Tokenizer, model_max_length: int = 2048) -> "DogeTokenizer":
     """Turn a raw `tokenizers.Tokenizer` into a transformers tokenizer with Doge's specials and chat template."""
-    fast = PreTrainedTokenizerFast(
+    fast = DogeTokenizer(
         tokenizer_object=tok,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
@@ -145,4 +294,4 @@ def load_tokenizer(path: str | Path = TOKENIZER_DIR) -> PreTrainedTokenizerFast:
         raise FileNotFoundError(
             f"no tokenizer.json in {path}; regenerate the project's data with `python -m doge_from_scratch.data`"
         )
-    return AutoTokenizer.from_pretrained(str(path))
+    return DogeTokenizer.from_pretrained(str(path))
