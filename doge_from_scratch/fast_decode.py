@@ -29,13 +29,19 @@ functions, so they inherit the teaching model's numbers.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .attention import attend_fused, attend_materialised, causal_padding_mask, dynamic_mask, repeat_kv
+from .int8 import Int8Weight, linear, quantise
 from .moe import ACT_FNS, product_key_topk, split_router_logits
+
+WEIGHTS = ("float", "int8")
+# the matrices int8 decoding stores as int8: every weight read per token but the tiny dt_proj and the MoE tables
+INT8_MATRICES = ("qkv", "o", "gate_up", "down")
 
 
 @dataclass
@@ -118,8 +124,14 @@ class FastDoge:
     ``generation.generate(fast, ...)``. The source model is not modified and may be dropped.
     """
 
-    def __init__(self, model, dtype: torch.dtype | None = None, compile: bool | str = False) -> None:
+    def __init__(self, model, dtype: torch.dtype | None = None, compile: bool | str = False,
+                 weights: str = "float") -> None:
+        if weights not in WEIGHTS:
+            raise ValueError(f"FastDoge weights={weights!r}: choose one of {WEIGHTS}")
+        if weights == "int8" and compile:
+            raise ValueError("FastDoge(weights='int8') runs eager: compile=True is for float weights")
         config = model.config
+        self.weights = weights
         self.config = config
         attention = model.model.layers[0].self_attn
         self.classic = attention.classic
@@ -149,8 +161,11 @@ class FastDoge:
             lm_head = model.lm_head.weight
             tied = lm_head.data_ptr() == model.model.embed_tokens.weight.data_ptr()
             self.lm_head = self.embed if tied else _cast(lm_head, self.dtype)
+            self.lm_head_bias = _cast(model.lm_head.bias, self.dtype)  # None in every published config
             self.final_norm = _cast(model.model.norm.weight, self.dtype)
             self.layers = [fuse_layer(layer, self.dtype) for layer in model.model.layers]
+            if weights == "int8":
+                self._quantise_int8(model, tied)
         self.neg = torch.finfo(self.dtype).min
         self.layer_args = [layer_arguments(layer) for layer in self.layers]
         self.compiled = compile
@@ -169,14 +184,42 @@ class FastDoge:
         built once by the model's own rotary module; past it (dynamic NTK) they are recomputed each step.
         """
         limit = self.rotary.max_positions
+        like = torch.empty(0, dtype=self.dtype, device=self.device)  # the rotary module reads dtype and device
         if self._rope_table is None:
-            cos, sin = self.rotary(self.embed[:1], torch.arange(limit, device=self.device)[None])
+            cos, sin = self.rotary(like, torch.arange(limit, device=self.device)[None])
             self._rope_table = (cos[0], sin[0])
         if int(position_ids.max()) < limit:
             cos, sin = self._rope_table
             return cos.index_select(0, position_ids)[:, None], sin.index_select(0, position_ids)[:, None]
-        cos, sin = self.rotary(self.embed[:1], position_ids[:, None])
+        cos, sin = self.rotary(like, position_ids[:, None])
         return cos, sin
+
+    def _quantise_int8(self, model, tied: bool) -> None:
+        """Replace the per-token weight matrices by ``Int8Weight`` (quantised from the source's own weights)."""
+        for fused, layer in zip(self.layers, model.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            sources = {"qkv": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                       "o": attn.o_proj.weight, "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                       "down": mlp.down_proj.weight}
+            for name in INT8_MATRICES:
+                setattr(fused, name, quantise(sources[name]))
+        self.lm_head = quantise(model.lm_head.weight)
+        if tied:  # the embedding is the LM head's rows: look them up dequantised
+            self.embed = self.lm_head
+        self.layer_args = [layer_arguments(layer) for layer in self.layers]
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: [...] -> [..., H] in the decoder's dtype."""
+        if isinstance(self.embed, Int8Weight):
+            return self.embed.rows(ids, self.dtype)
+        return F.embedding(ids, self.embed)
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of every position of unpadded rows (one prefill pass). input_ids: [B, T] -> [B, T, V] float32."""
+        b, t = input_ids.shape
+        positions = torch.arange(t, device=input_ids.device).expand(b, t)
+        return self.forward_tokens(self.make_stepper(b, t), input_ids, positions, None, last_only=False)
 
     # -- public ----------------------------------------------------------------------------------
     def make_stepper(self, batch_size: int, max_length: int) -> "FastStepper":
@@ -191,8 +234,8 @@ class FastDoge:
     def weight_bytes(self) -> int:
         tensors = [self.embed, self.final_norm] + ([] if self.lm_head is self.embed else [self.lm_head])
         for layer in self.layers:
-            tensors += [t for t in vars(layer).values() if isinstance(t, torch.Tensor)]
-        return sum(t.numel() * t.element_size() for t in tensors)
+            tensors += [t for t in vars(layer).values() if isinstance(t, (torch.Tensor, Int8Weight))]
+        return sum(t.nbytes() if isinstance(t, Int8Weight) else t.numel() * t.element_size() for t in tensors)
 
     # -- building blocks -------------------------------------------------------------------------
     def rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -209,8 +252,8 @@ class FastDoge:
 
     def mlp(self, layer: FusedLayer, h: torch.Tensor) -> torch.Tensor:
         """h: [B, T, H] (normed) -> [B, T, H]: shared SiLU-gated MLP (+ routed experts for MoE)."""
-        gate, up = F.linear(h, layer.gate_up, layer.gate_up_bias).split(self.intermediate, dim=-1)
-        out = F.linear(self.act_fn(gate) * up, layer.down, layer.down_bias)
+        gate, up = linear(h, layer.gate_up, layer.gate_up_bias).split(self.intermediate, dim=-1)
+        out = linear(self.act_fn(gate) * up, layer.down, layer.down_bias)
         if layer.router is not None:
             routed = self._routed_experts(h.reshape(-1, h.shape[-1]), layer.router, layer.down_embed, layer.up_embed)
             out = out + routed.view(h.shape)
@@ -218,8 +261,9 @@ class FastDoge:
 
     # -- one pass over T tokens (prefill, or decode when padded / past the keep window) ----------
     def forward_tokens(self, state: "FastStepper", input_ids: torch.Tensor, position_ids: torch.Tensor,
-                       attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """input_ids: [B, T] written at cache slots [start, start + T) -> last-position logits [B, V] float32.
+                       attention_mask: torch.Tensor | None, last_only: bool = True) -> torch.Tensor:
+        """input_ids: [B, T] written at cache slots [start, start + T) -> last-position logits [B, V] float32
+        (every position's, [B, T, V], when ``last_only`` is False).
 
         attention_mask: [B, start + T] (1 = real) or None for an unpadded batch.
         """
@@ -227,7 +271,7 @@ class FastDoge:
         start, end = state.length, state.length + t
         if end > state.max_length:
             raise ValueError(f"the cache holds {state.max_length} positions; cannot reach {end}")
-        x = F.embedding(input_ids, self.embed)
+        x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(x, position_ids)
         cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
         allowed = causal_padding_mask(attention_mask, b, t, end, x.device)
@@ -236,7 +280,7 @@ class FastDoge:
         nh, nkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         for i, layer in enumerate(self.layers):
             h = self.rms(x, layer.input_norm)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+            qkv = linear(h, layer.qkv, layer.qkv_bias)
             qk = qkv[..., :(nh + nkv) * d].view(b, t, nh + nkv, d)
             qk = self.rope(qk if layer.qk_norm is None else self.rms(qk, layer.qk_norm), cos, sin)
             v = qkv[..., (nh + nkv) * d:].view(b, t, nkv, d)
@@ -262,19 +306,19 @@ class FastDoge:
             else:
                 mask = dynamic_mask(state.bias[i][:, :, :end].to(dt), allowed, self.keep_window_size, x.dtype)
                 out = attend_materialised(q, keys, values, repeat_kv(mask, self.groups), self.scaling)
-            x = layer.input_residual * x + F.linear(out.transpose(1, 2).reshape(b, t, nh * d), layer.o, layer.o_bias)
+            x = layer.input_residual * x + linear(out.transpose(1, 2).reshape(b, t, nh * d), layer.o, layer.o_bias)
             x = layer.post_residual * x + self.mlp(layer, self.rms(x, layer.post_norm))
         state.length = end
-        return F.linear(self.rms(x[:, -1], self.final_norm), self.lm_head).float()
+        return linear(self.rms(x[:, -1] if last_only else x, self.final_norm), self.lm_head, self.lm_head_bias).float()
 
     # -- the hot path: one new token per row, no padding, cache within the keep window ----------
     def _decode_step(self, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor,
                      keys: list[torch.Tensor], values: list[torch.Tensor], bias: list[torch.Tensor]) -> torch.Tensor:
         """tokens: [B]; cos/sin: [B, 1, d]; slot: [1] -> logits [B, V] float32, caches written at ``slot``."""
-        x = F.embedding(tokens, self.embed)  # [B, H]
+        x = self.embed_tokens(tokens)  # [B, H]
         for i, layer in enumerate(self.layers):
             x = self._layer_impl(x, cos, sin, slot, keys[i], values[i], bias[i], *self.layer_args[i])
-        return F.linear(self.rms(x, self.final_norm), self.lm_head).float()
+        return linear(self.rms(x, self.final_norm), self.lm_head, self.lm_head_bias).float()
 
     def _decode_layer(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor,
                       keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
@@ -292,7 +336,7 @@ class FastDoge:
         b = x.shape[0]
         nh, nkv, d, g = self.num_heads, self.num_kv_heads, self.head_dim, self.groups
         nqk = (nh + nkv) * d
-        qkv = F.linear(self.rms(x, input_norm), qkv_w, qkv_b)
+        qkv = linear(self.rms(x, input_norm), qkv_w, qkv_b)
         qk = qkv[:, :nqk].view(b, nh + nkv, d)
         qk = self.rope(qk if qk_norm is None else self.rms(qk, qk_norm), cos, sin)
         v = qkv[:, nqk:]
@@ -305,10 +349,10 @@ class FastDoge:
         out = F.scaled_dot_product_attention(qk[:, :nh].view(b, nkv, g, d).float(), keys, values,
                                              attn_mask=bias.view(b, nkv, -1, bias.shape[-1]),
                                              scale=self.scaling).to(x.dtype)
-        x = input_residual * x + F.linear(out.reshape(b, nh * d), o_w, o_b)
+        x = input_residual * x + linear(out.reshape(b, nh * d), o_w, o_b)
         h = self.rms(x, post_norm)
-        gate, up = F.linear(h, gate_up_w, gate_up_b).split(self.intermediate, dim=-1)
-        m = F.linear(self.act_fn(gate) * up, down_w, down_b)
+        gate, up = linear(h, gate_up_w, gate_up_b).split(self.intermediate, dim=-1)
+        m = linear(self.act_fn(gate) * up, down_w, down_b)
         if router is not None:
             m = m + self._routed_experts(h, router, down_embed, up_embed)
         return post_residual * x + m
@@ -355,7 +399,9 @@ class FastStepper:
              position_ids: torch.Tensor) -> torch.Tensor:
         """tokens: [B]; position_ids: [B] -> logits [B, V]."""
         fast = self.fast
-        if self.padded or (fast.window_needs_mask and self.length + 1 > fast.keep_window_size):
+        # native attention stored a padding key's bias as the masked value itself (``forward_tokens``), so the
+        # bias row still is the whole mask; classic attention adds its bias to a padding mask it must build
+        if self.padded and fast.classic or fast.window_needs_mask and self.length + 1 > fast.keep_window_size:
             return fast.forward_tokens(self, tokens[:, None], position_ids[:, None], attention_mask)
         if self.length + 1 > self.max_length:
             raise ValueError(f"the cache holds {self.max_length} positions; cannot add another")
@@ -364,3 +410,45 @@ class FastStepper:
         logits = fast._step_impl(tokens, cos, sin, slot, self.keys, self.values, self.bias)
         self.length += 1
         return logits
+
+
+# -- the default decoder of ``generation.generate`` ------------------------------------------------------------
+_FAST_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def why_not_fast(model) -> str | None:
+    """Why ``generate`` must run the teaching model itself, or None when the fast decoder gives its numbers.
+
+    The fast copy is built from the model's parameters as they are now, so it serves inference only: a
+    model in training mode (dropout on, weights about to move) or a subclass that may change the
+    forward pass keeps the teaching path.
+    """
+    from .model import DogeForCausalLM
+
+    if type(model) is not DogeForCausalLM:
+        return f"{type(model).__name__} is not a plain DogeForCausalLM"
+    if model.training:
+        return "the model is in training mode (call model.eval() for the fast decoder)"
+    if model._forward_hooks or model._forward_pre_hooks:
+        return "the model has forward hooks, which the fast decoder would skip"
+    return None
+
+
+def _weights_signature(model) -> tuple:
+    # every in-place write to a parameter (optimizer steps, load_state_dict, .to()) bumps its version counter
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+def fast_decoder_for(model) -> FastDoge:
+    """The model's ``FastDoge`` (float weights, the model's dtype), rebuilt only when its weights changed.
+
+    Kept in a weak dictionary, so it lives as long as the model and costs one fused copy of the weights.
+    """
+    signature = _weights_signature(model)
+    cached = _FAST_COPIES.get(model)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    _FAST_COPIES.pop(model, None)  # free the stale copy before building the new one
+    fast = FastDoge(model)
+    _FAST_COPIES[model] = (signature, fast)
+    return fast

@@ -400,6 +400,30 @@ def make_stepper(model, batch_size: int, max_length: int, cache: str) -> Stepper
     return ModelStepper(model, batch_size, max_length, cache)
 
 
+DECODERS = ("auto", "fast", "teaching")
+
+
+def choose_decoder(model, decoder: str, cache: str | None):
+    """What runs the decode loop: the model itself (the teaching path) or its ``FastDoge`` copy.
+
+    "auto" (the default) takes the fast copy when no cache was named and ``fast_decode.why_not_fast`` finds
+    nothing against it (eval mode, a plain ``DogeForCausalLM``): same numbers, less overhead. "teaching" runs
+    the model's own forward with the named cache (lesson 05's step-by-step build); "fast" insists.
+    """
+    from .fast_decode import fast_decoder_for, why_not_fast
+
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder={decoder!r}: choose one of {DECODERS}")
+    if hasattr(model, "make_stepper") or decoder == "teaching" or decoder == "auto" and cache is not None:
+        return model
+    reason = why_not_fast(model) or (f"cache={cache!r} names a teaching-model cache" if cache is not None else None)
+    if reason is None:
+        return fast_decoder_for(model)
+    if decoder == "fast":
+        raise ValueError(f"decoder='fast' is not available: {reason}")
+    return model
+
+
 # --------------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------------
@@ -463,15 +487,17 @@ def left_padding_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-             generation_config=None, streamer: Streamer | None = None, cache: str = "static",
-             tokenizer=None, **settings) -> torch.Tensor:
+             generation_config=None, streamer: Streamer | None = None, cache: str | None = None,
+             tokenizer=None, decoder: str = "auto", **settings) -> torch.Tensor:
     """Continue each prompt row; returns [B, T + new] ids (prompt, then new tokens, pad after an eos).
 
     model: a ``DogeForCausalLM`` or a ``fast_decode.FastDoge``. input_ids: [B, T] (or a tokenizer's
     output holding ``input_ids`` and ``attention_mask``);
     attention_mask: [B, T] with 0 on LEFT padding. generation_config: ours, a transformers
     ``GenerationConfig`` or a dict; ``settings`` override single fields (max_new_tokens=..., seed=...).
-    cache: "static" (preallocated), "dynamic" (grown by concatenation) or "none" (recompute all).
+    cache: "static" (preallocated), "dynamic" (grown by concatenation) or "none" (recompute all) runs the
+    teaching model with that cache; None (the default) lets ``decoder`` choose ("auto": the fast decoder when
+    the model is in eval mode, see ``choose_decoder``; "teaching": the model's own forward, static cache).
     ``tokenizer`` is accepted for the model cards' call signature and otherwise unused.
     """
     del tokenizer
@@ -483,6 +509,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     check_token_ids(input_ids, model.config.vocab_size)  # the fast decoder does not run the model's forward
     if not config.use_cache:
         cache = "none"
+    model = choose_decoder(model, decoder, cache)
+    cache = cache or "static"
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be [batch, prompt_len] with prompt_len >= 1, got {tuple(input_ids.shape)}")
     batch, prompt_len = input_ids.shape
