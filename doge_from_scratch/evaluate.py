@@ -482,17 +482,41 @@ def format_results(results: Mapping[str, TaskResult]) -> str:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def run_harness_tasks(model, tokenizer, tasks: Sequence[str], limit: int | None, batch_size: int,
-                      num_fewshot: int | None, apply_chat_template: bool) -> dict[str, Any]:
-    """lm-eval's own task registry (it downloads the data sets from the Hub) on our model, through its HFLM class."""
+def harness_lm(model, tokenizer, batch_size: int = 16):
+    """lm-eval's HFLM around our model instance and tokenizer.
+
+    Log-likelihood requests need nothing more. Generation requests (IFEval, BBH, GSM8K) call
+    ``model.generate(input_ids, max_length=..., stopping_criteria=...)`` in transformers' style; our decoder takes
+    ``max_new_tokens`` and has no stopping criteria, so ``_model_generate`` translates: the budget becomes
+    ``max_new_tokens`` and the stop strings are left to the harness, which cuts every generation at them anyway.
+    """
     import logging
 
-    import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     # its warning about being handed a model instance (ours, on purpose) would bury a failure's one line
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+
+    class DogeHFLM(HFLM):
+        def _model_generate(self, context, max_length: int, stop: list[str], **kwargs):
+            kwargs.pop("use_cache", None)
+            kwargs.setdefault("do_sample", False)
+            if not kwargs["do_sample"]:
+                kwargs.pop("temperature", None)
+            return self.model.generate(context, kwargs.pop("attention_mask", None),
+                                       max_new_tokens=max_length - context.shape[1],
+                                       eos_token_id=self.tokenizer.eos_token_id,
+                                       pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+
+    return DogeHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+
+
+def run_harness_tasks(model, tokenizer, tasks: Sequence[str], limit: int | None, batch_size: int,
+                      num_fewshot: int | None, apply_chat_template: bool) -> dict[str, Any]:
+    """lm-eval's own task registry (it downloads the data sets from the Hub) on our model, through its HFLM class."""
+    import lm_eval
+
+    lm = harness_lm(model, tokenizer, batch_size)
     return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
                                    apply_chat_template=apply_chat_template)["results"]
 

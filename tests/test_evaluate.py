@@ -274,3 +274,23 @@ def test_reasoning_replies_are_scored_after_the_thinking():
     answer = E.after_thinking(reply, "<|end_of_thought|>")
     assert answer == "The bigger number is 3.9." and E.exact_match(answer, "3.9")
     assert E.after_thinking("No thinking here.", "<|end_of_thought|>") == "No thinking here."
+
+
+def test_harness_generation_runs_through_our_decoder(tokenizer):
+    """lm-eval's generate_until (IFEval, BBH, GSM8K) on our model, batched and left-padded by the harness, gives
+    our own greedy decode of each prompt alone (the harness cuts at its stop strings, decodes without specials)."""
+    from lm_eval.api.instance import Instance
+
+    model = tiny_model_for(tokenizer, seed=4).eval()
+    lm = E.harness_lm(model, tokenizer, batch_size=3)
+    contexts = ["Question: What is 2 + 3?\nAnswer:", "Hi", "The list 3 5 1 reversed is"]
+    until = ["\n\n"]
+    requests = [Instance("generate_until", {}, (c, {"until": until, "do_sample": False, "max_gen_toks": 12}), i)
+                for i, c in enumerate(contexts)]
+    theirs = lm.generate_until(requests, disable_tqdm=True)
+    for context, text in zip(contexts, theirs):
+        ids = torch.tensor([tokenizer.encode(context)])
+        out = model.generate(ids, max_new_tokens=12, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        ours = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split(until[0])[0]
+        assert text == ours, context

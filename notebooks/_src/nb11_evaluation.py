@@ -272,7 +272,9 @@ md("""
 Now the real harness (lm-eval 0.4.13, pinned) on our model. Its Hugging Face class `HFLM` accepts a model
 *instance*: it wraps our `DogeForCausalLM` and our tokenizer as they are (it needs `config.model_type`, which
 marks the model causal, `config.max_position_embeddings`, `.device` and a forward that returns `.logits`; ours
-has all four). Task YAMLs in the layout of its own `arc_easy` and `piqa` configs point at our local files. We
+has all four). Only its generation path (IFEval, BBH, GSM8K) asks for more: it calls `generate` the transformers
+way, with `max_length` and `stopping_criteria`, which our decoder does not take; `evaluate.harness_lm` is HFLM
+with that one call translated (`tests/test_evaluate.py` checks it decodes exactly as our `generate` does). Task YAMLs in the layout of its own `arc_easy` and `piqa` configs point at our local files. We
 ask for every sample's log-likelihoods and compare them with our scorer's, item by item.
 """),
 code(r"""
