@@ -264,16 +264,17 @@ class TaskResult:
 
 
 def score_multiple_choice(model, tokenizer, name: str, items: Sequence[MultipleChoiceItem], batch_size: int = 32,
-                          chance: float | None = None, groups: Sequence[str] | None = None) -> TaskResult:
-    """acc and acc_norm with stderr. With ``groups`` (one label per item, e.g. MMLU's subject) each group is a
-    subtask and the task is their size-weighted group, its stderr pooled as the harness pools it."""
+                          chance: float | None = None, groups: Sequence[str] | None = None,
+                          metric_names: Sequence[str] = ("acc", "acc_norm")) -> TaskResult:
+    """acc and acc_norm (or those of ``metric_names``) with stderr. With ``groups`` (one label per item, e.g. MMLU's
+    subject) each group is a subtask and the task is their size-weighted group, its stderr pooled as the harness
+    pools it."""
     pairs = [(item.context, cont) for item in items for cont in item.continuations()]
     results = iter(loglikelihoods(model, tokenizer, pairs, batch_size))
     per_item = []
     for item in items:
         lls = [next(results).logprob for _ in item.choices]
         per_item.append({"lls": lls, "gold": item.gold, **choice_metrics(lls, item.choices, item.gold)})
-    metric_names = ("acc", "acc_norm")
     metrics = {m: mean_stderr([r[m] for r in per_item]) for m in metric_names}
     subtasks: dict[str, dict[str, tuple[float, float]]] = {}
     if groups is not None:
@@ -411,14 +412,15 @@ class LocalTask:
 
 
 def _mc_task(name: str, file: str, doc, chance: float | None = None, fewshot_file: str | None = None,
-             num_fewshot: int = 0, description=None, group=None) -> Callable[..., TaskResult]:
+             num_fewshot: int = 0, description=None, group=None,
+             metric_names: Sequence[str] = ("acc", "acc_norm")) -> Callable[..., TaskResult]:
     def run(model, tokenizer, folder: str | Path = BENCHMARK_DIR, limit: int | None = None, batch_size: int = 32,
             **_: Any) -> TaskResult:
         rows = read_benchmark(file, folder)[:limit]
         shots = read_benchmark(fewshot_file, folder) if fewshot_file else []
         items = multiple_choice_items(doc, rows, shots, num_fewshot, description, group)
         labels = [group(r) for r in rows] if group else None
-        return score_multiple_choice(model, tokenizer, name, items, batch_size, chance, labels)
+        return score_multiple_choice(model, tokenizer, name, items, batch_size, chance, labels, metric_names)
 
     return run
 
@@ -448,8 +450,10 @@ LOCAL_TASKS: dict[str, LocalTask] = {t.name: t for t in (
     LocalTask("doge_arc", "ARC (arc_easy)", _mc_task("doge_arc", "arc_test", arc_doc)),
     LocalTask("doge_piqa", "PIQA", _mc_task("doge_piqa", "piqa_validation", piqa_doc)),
     LocalTask("doge_hellaswag", "HellaSwag", _mc_task("doge_hellaswag", "hellaswag_validation", hellaswag_doc)),
+    # the harness's MMLU reports acc only: its continuations are single letters, so acc_norm would be the same
     LocalTask("doge_mmlu", "MMLU (5-shot)", _mc_task("doge_mmlu", "mmlu_test", mmlu_doc, 0.25, "mmlu_dev", 5,
-                                                     lambda r: mmlu_description(r["subject"]), lambda r: r["subject"])),
+                                                     lambda r: mmlu_description(r["subject"]), lambda r: r["subject"],
+                                                     ("acc",))),
     LocalTask("doge_ifeval", "IFEval", _run_ifeval),
     LocalTask("doge_qa", "short-answer QA (exact match)", _run_qa),
 )}
