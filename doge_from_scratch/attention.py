@@ -18,17 +18,21 @@ Two attention variants exist, and they differ most once there are more keys S th
   below the k-th smallest of all S biases: the same keys for every query row. The published
   configs say ratio 0, which drops nothing: every key the causal mask allows is attended.
 
-Two execution paths give the same numbers:
+Three backends (``BACKENDS``, chosen by ``DogeForCausalLM.set_attention_backend``) give the same numbers:
 
-- ``materialised``: build the [B, heads, T, S] mask exactly as the reference does. Needed for the
-  keep-window top-k, which selects keys per row.
-- ``chunked`` (native): up to the keep window the fused path with q, k and v padded to one width (so
+- ``materialised``: build the [B, heads, T, S] mask exactly as the reference does (``attend_materialised``).
+  Needed for the keep-window top-k, which selects keys per row, and the only backend of ``classic``.
+- ``auto`` (the default): for native attention with S <= keep_window_size, no mask tensor at all
+  (``attend_bias_in_qk``, the bias inside q.k, see below; while training in float32 the hand-written
+  ``handwritten_grad.causal_attention`` instead); otherwise ``materialised``.
+- ``chunked`` (native): up to the keep window the bias inside q.k with q, k and v padded to one width (so
   SDPA can pick a flash kernel); past it the materialised computation a block of query rows at a
   time, so memory grows with rows x S instead of T x S (see ``attend_topk_chunked``).
-- ``fused`` (native, S <= keep_window_size): no mask tensor at all. Because the bias depends only on
-  the key, it can ride inside the dot product: append a 1 to every query and ``b_s * sqrt(d)`` to every
-  key, and ``q'.k' / sqrt(d) = q.k / sqrt(d) + b_s``. PyTorch's fused SDPA kernels then do the rest,
-  with ``is_causal`` or a boolean [B, 1, T, S] padding mask shared by all heads and layers.
+
+The bias inside q.k: because the bias depends only on the key, it can ride inside the dot product: append
+a 1 to every query and ``b_s * sqrt(d)`` to every key, and ``q'.k' / sqrt(d) = q.k / sqrt(d) + b_s``.
+PyTorch's SDPA kernels then do the rest, with ``is_causal`` or a boolean [B, 1, T, S] padding mask shared
+by all heads and layers.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import fused
+from . import handwritten_grad
 from .layers import RMSNorm, apply_rotary
 
 BACKENDS = ("auto", "materialised", "chunked")
@@ -175,9 +179,9 @@ def attend_materialised(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     return torch.matmul(probs, repeat_kv(v, groups))
 
 
-def attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                 allowed: torch.Tensor | None, scale: float, dropout: float = 0.0,
-                 equal_head_dims: bool = False) -> torch.Tensor:
+def attend_bias_in_qk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                      allowed: torch.Tensor | None, scale: float, dropout: float = 0.0,
+                      equal_head_dims: bool = False) -> torch.Tensor:
     """The same numbers as ``attend_materialised`` for S <= keep window, without a [T, S] float mask.
 
     q: [B, n_h, T, d]; k, v: [B, n_kv, S, d]; bias: [B, n_kv, S];
@@ -275,7 +279,7 @@ class DogeAttention(nn.Module):
         self.dynamic_mask_ratio = check_dynamic_mask_ratio(getattr(config, "dynamic_mask_ratio", 0.0) or 0.0)
         self.attention_dropout = float(config.attention_dropout or 0.0)
         self.backend = "auto"
-        self.hand_written_backward = True  # see DogePreTrainedModel.set_attention_backend
+        self.handwritten_grad = True  # see DogePreTrainedModel.set_handwritten_grad
         bias = config.attention_bias
         n_bias = self.num_heads if self.classic else self.num_kv_heads
 
@@ -292,7 +296,7 @@ class DogeAttention(nn.Module):
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x: [B, T, H] -> q [B, n_h, T, d], k and v [B, n_kv, T, d] (q and k normed and rotated)."""
         b, t, _ = x.shape
-        if self.hand_written_backward and fused.training(x, self.q_proj.weight):
+        if self.handwritten_grad and handwritten_grad.training(x, self.q_proj.weight):
             q, k, v = self.project_together(x).view(b, t, -1, self.head_dim).split(
                 (self.num_heads, self.num_kv_heads, self.num_kv_heads), dim=2)
             v = v.transpose(1, 2)
@@ -303,9 +307,9 @@ class DogeAttention(nn.Module):
         if not self.classic:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        if self.hand_written_backward and fused.training(q, k, cos):
+        if self.handwritten_grad and handwritten_grad.training(q, k, cos):
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-            return fused.rotary(q, cos, sin), fused.rotary(k, cos, sin), v
+            return handwritten_grad.rotary(q, cos, sin), handwritten_grad.rotary(k, cos, sin), v
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def project_together(self, x: torch.Tensor) -> torch.Tensor:
@@ -320,12 +324,12 @@ class DogeAttention(nn.Module):
         return F.linear(x, weight, bias)
 
     def forward(self, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                allowed: torch.Tensor | None = None, padded: bool = True,
+                allowed: torch.Tensor | None = None, plain_causal: bool = False,
                 past_key_values: KVCacheLike | None = None) -> torch.Tensor:
         """x: [B, T, H] -> [B, T, H].
 
-        allowed: bool [B, 1, T, S] from ``causal_padding_mask``; ``padded=False`` promises it is
-        plain causal (no padding), which lets the fused path skip the mask entirely.
+        allowed: bool [B, 1, T, S] from ``causal_padding_mask``; ``plain_causal=True`` promises it is
+        plain causal (no padding, no packed sequences), which lets the bias-in-q.k path skip the mask.
         """
         b, t, _ = x.shape
         q, k, v = self.project(x, *position_embeddings)
@@ -336,9 +340,9 @@ class DogeAttention(nn.Module):
         dropout = self.attention_dropout if self.training else 0.0
         if self.backend == "chunked" and not self.classic:
             # no [T, S] tensor at all for plain causal input: every block makes its own rows
-            rows_allowed = None if allowed is None or not padded else allowed
+            rows_allowed = None if allowed is None or plain_causal else allowed
             if s <= self.keep_window_size:
-                out = attend_fused(q, k, v, bias, rows_allowed, self.scaling, dropout, equal_head_dims=True)
+                out = attend_bias_in_qk(q, k, v, bias, rows_allowed, self.scaling, dropout, equal_head_dims=True)
             else:
                 out = attend_topk_chunked(q, k, v, bias, rows_allowed, self.keep_window_size, self.scaling,
                                           dropout, self.training)
@@ -346,14 +350,14 @@ class DogeAttention(nn.Module):
         if allowed is None:
             allowed = causal_padding_mask(None, b, t, s, x.device)
         if self.backend == "auto" and not self.classic and s <= self.keep_window_size:
-            rows_allowed = None if not padded else allowed
-            fast_backward = self.hand_written_backward and dropout == 0.0 and fused.training(q, k, v, bias)
+            rows_allowed = None if plain_causal else allowed
+            fast_backward = self.handwritten_grad and dropout == 0.0 and handwritten_grad.training(q, k, v, bias)
             if fast_backward and not has_empty_rows(rows_allowed):
                 # explicit products with a hand-written backward: under autograd this beats SDPA's math
                 # kernel, which the extra bias column forces on a CPU anyway
-                out = fused.causal_attention(q, k, v, bias, rows_allowed, self.scaling)
+                out = handwritten_grad.causal_attention(q, k, v, bias, rows_allowed, self.scaling)
             else:
-                out = attend_fused(q, k, v, bias, rows_allowed, self.scaling, dropout)
+                out = attend_bias_in_qk(q, k, v, bias, rows_allowed, self.scaling, dropout)
         else:
             mask = dynamic_mask(bias, allowed, self.keep_window_size, x.dtype, classic=self.classic,
                                 dynamic_mask_ratio=self.dynamic_mask_ratio)

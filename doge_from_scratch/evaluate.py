@@ -12,15 +12,17 @@ to pay for. Ties go to the first choice (``numpy.argmax``).
 
 Tokenisation at the boundary, as the harness's causal models do it (``LM._encode_pair``): trailing whitespace of the
 context moves to the front of the continuation, then ``encode(context + continuation)`` is split after
-``len(encode(context))`` tokens. A BPE that merges a space into the next word ("Ġ5") would otherwise see a context
-ending in a bare space that it never saw in training. An empty context is replaced by one prefix token (bos, or eos
+``len(encode(context))`` tokens. A BPE that merges a space into the next word (" Cairo") would otherwise see a
+context ending in a bare space that it never saw in training. An empty context is replaced by one prefix token (bos, or eos
 if there is none). The model sees ``(context + continuation)[:-1]``, truncated from the left to its maximum length.
 
 Generation with verifiable answers: greedy chat replies (``generation.chat_replies``), scored by exact match of the
 extracted, normalised answer, or by IFEval's checks (``length_constraints:number_words``, ``startend:end_checker``,
 ``punctuation:no_comma``, strict and loose as IFEval defines them).
 
-Every score comes with the harness's standard error: the sample standard deviation over items / sqrt(n).
+Every score comes with the harness's standard error: the sample standard deviation over items / sqrt(n); a group
+of subtasks (MMLU's subjects) pools the subtasks' variances, as the harness does. The harness's HFLM runs on our
+model instance as it is (``harness_lm``; tests/test_evaluate.py holds the two to the same numbers).
 
     python -m doge_from_scratch.evaluate artifacts/sft --tasks doge_arc,doge_piqa     # local benchmark files
     python -m doge_from_scratch.evaluate SmallDoge/Doge-60M-Instruct --tasks arc_easy,piqa   # the harness's tasks

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attention import attend_fused, attend_materialised, causal_padding_mask, dynamic_mask, repeat_kv
+from .attention import attend_bias_in_qk, attend_materialised, causal_padding_mask, dynamic_mask, repeat_kv
 from .int8 import Int8Weight, linear, quantise
 from .moe import ACT_FNS, product_key_topk, split_router_logits
 
@@ -45,7 +45,7 @@ INT8_MATRICES = ("qkv", "o", "gate_up", "down")
 
 
 @dataclass
-class FusedLayer:
+class PackedWeights:
     """One decoder layer's tensors, fused and cast for decoding."""
 
     input_norm: torch.Tensor  # [H]
@@ -80,13 +80,13 @@ def _cat_bias(*linears, dtype) -> torch.Tensor | None:
     return torch.cat([lin.bias.detach() for lin in linears]).to(dtype)
 
 
-def fuse_layer(layer, dtype: torch.dtype) -> FusedLayer:
+def fuse_layer(layer, dtype: torch.dtype) -> PackedWeights:
     """Fused tensors of one ``DogeDecoderLayer`` (native or classic attention)."""
     attn, mlp = layer.self_attn, layer.mlp
     qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
     qk_norm = None if attn.classic else torch.cat([attn.q_norm.weight.detach().expand(attn.num_heads, -1),
                                                    attn.k_norm.weight.detach().expand(attn.num_kv_heads, -1)])
-    fused = FusedLayer(
+    fused = PackedWeights(
         input_norm=_cast(layer.input_layernorm.weight, dtype),
         qkv=_cast(qkv, dtype), qkv_bias=_cat_bias(attn.q_proj, attn.k_proj, attn.v_proj, dtype=dtype),
         qk_norm=_cast(qk_norm, dtype),
@@ -107,7 +107,7 @@ def fuse_layer(layer, dtype: torch.dtype) -> FusedLayer:
     return fused
 
 
-def layer_arguments(layer: FusedLayer) -> tuple:
+def layer_arguments(layer: PackedWeights) -> tuple:
     """A fused layer's tensors in ``FastDoge._decode_layer``'s argument order."""
     args = (layer.input_norm, layer.qkv, layer.qkv_bias, layer.qk_norm, layer.dt_weight, layer.dt_bias, layer.A,
             layer.o, layer.o_bias, layer.input_residual, layer.post_norm, layer.gate_up, layer.gate_up_bias,
@@ -250,7 +250,7 @@ class FastDoge:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
-    def mlp(self, layer: FusedLayer, h: torch.Tensor) -> torch.Tensor:
+    def mlp(self, layer: PackedWeights, h: torch.Tensor) -> torch.Tensor:
         """h: [B, T, H] (normed) -> [B, T, H]: shared SiLU-gated MLP (+ routed experts for MoE)."""
         gate, up = linear(h, layer.gate_up, layer.gate_up_bias).split(self.intermediate, dim=-1)
         out = linear(self.act_fn(gate) * up, layer.down, layer.down_bias)
@@ -301,7 +301,7 @@ class FastDoge:
                                     classic=True, dynamic_mask_ratio=self.dynamic_mask_ratio)
                 out = attend_materialised(q, keys, values, mask, self.scaling)
             elif end <= self.keep_window_size:
-                out = attend_fused(q, keys, values, state.bias[i][:, :, :end].to(dt), allowed if padded else None,
+                out = attend_bias_in_qk(q, keys, values, state.bias[i][:, :, :end].to(dt), allowed if padded else None,
                                    self.scaling)
             else:
                 mask = dynamic_mask(state.bias[i][:, :, :end].to(dt), allowed, self.keep_window_size, x.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import fused
+from . import handwritten_grad
 
 
 class RMSNorm(nn.Module):
@@ -20,13 +20,14 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.variance_epsilon = eps
-        # False: autograd differentiates the formula op by op, as the reference does (bit-equal gradients)
-        self.hand_written_backward = True
+        # False: autograd differentiates the formula op by op, as the reference does (bit-equal gradients);
+        # DogePreTrainedModel.set_handwritten_grad switches every module at once
+        self.handwritten_grad = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., H] -> [..., H]"""
-        if self.hand_written_backward and fused.training(x, self.weight):
-            return fused.rms_norm(x, self.weight, self.variance_epsilon)  # same forward, shorter backward
+        if self.handwritten_grad and handwritten_grad.training(x, self.weight):
+            return handwritten_grad.rms_norm(x, self.weight, self.variance_epsilon)  # same forward, shorter backward
         dtype = x.dtype
         x32 = x.to(torch.float32)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from . import fused
+from . import handwritten_grad
 from .attention import BACKENDS, DogeAttention, causal_padding_mask, packed_sequence_ids
 from .config import DogeConfig
 from .layers import RMSNorm, RotaryEmbedding
@@ -42,10 +42,10 @@ class DogeDecoderLayer(nn.Module):
         self.mlp = DogeCDMoE(config) if config.is_moe else DogeMLP(config)
         self.post_attention_residual = nn.Parameter(torch.ones(config.hidden_size))
 
-    def forward(self, x: torch.Tensor, position_embeddings, allowed=None, padded: bool = True,
+    def forward(self, x: torch.Tensor, position_embeddings, allowed=None, plain_causal: bool = False,
                 past_key_values=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: [B, T, H] -> (x [B, T, H], router halves [2, B*T, K] or None)."""
-        h = self.self_attn(self.input_layernorm(x), position_embeddings, allowed, padded, past_key_values)
+        """x: [B, T, H] -> (x [B, T, H], router halves [2, B*T, K] or None); arguments as ``DogeAttention``'s."""
+        h = self.self_attn(self.input_layernorm(x), position_embeddings, allowed, plain_causal, past_key_values)
         x = self.input_residual * x + F.dropout(h, self.hidden_dropout, self.training)
         h = self.mlp(self.post_attention_layernorm(x))
         router = None
@@ -82,20 +82,29 @@ class DogePreTrainedModel(PreTrainedModel):
             module.post_attention_residual.fill_(1.0)
 
     def set_attention_backend(self, backend: str) -> None:
-        """``"auto"`` (fused SDPA where the math allows), ``"materialised"`` (the reference's way) or
-        ``"chunked"`` (fused up to the keep window, then the top-k mask a block of query rows at a time).
+        """How every attention layer computes its forward pass: one of ``attention.BACKENDS``.
 
-        ``"materialised"`` also turns off the hand-written backward passes of ``fused`` (RMSNorm, RoPE,
-        attention, LM head + loss): everything is then differentiated op by op as in the reference,
-        which gives its gradients to the last bit. The other backends train faster with them.
+        ``"auto"`` (the bias inside q.k and PyTorch's SDPA up to the keep window, the materialised mask
+        past it), ``"materialised"`` (the [B, heads, T, S] mask, the reference's way) or ``"chunked"``
+        (bias inside q.k up to the keep window, then the top-k mask a block of query rows at a time).
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
         for module in self.modules():
             if isinstance(module, DogeAttention):
                 module.backend = backend
-            if hasattr(module, "hand_written_backward"):
-                module.hand_written_backward = backend != "materialised"
+
+    def set_handwritten_grad(self, enabled: bool) -> None:
+        """Use the hand-written backward passes of ``handwritten_grad`` (RMSNorm, RoPE, attention, LM head +
+        loss) while training in float32, or not.
+
+        Off, autograd differentiates every operation as the reference does, which gives its gradients to
+        the last bit; on (the default), training is faster and the gradients agree to float32 round-off.
+        Inference is the same either way.
+        """
+        for module in self.modules():
+            if hasattr(module, "handwritten_grad"):
+                module.handwritten_grad = bool(enabled)
 
     @classmethod
     def from_pretrained(cls, folder, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
@@ -173,18 +182,18 @@ class DogeModel(DogePreTrainedModel):
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=x.device).unsqueeze(0).expand(b, t)
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        allowed = causal_padding_mask(attention_mask if padded else None, b, t, past + t, x.device)
+        plain_causal = attention_mask is None or bool(attention_mask.all())
+        allowed = causal_padding_mask(None if plain_causal else attention_mask, b, t, past + t, x.device)
         if attention_mask is None and past == 0 and t > 1:
             # Packed rows (several sequences, positions restarting at each): no attention across them.
             seq_ids = packed_sequence_ids(position_ids.expand(b, t))
             if seq_ids is not None:
                 allowed = allowed & (seq_ids[:, None, :, None] == seq_ids[:, None, None, :])
-                padded = True
+                plain_causal = False
         position_embeddings = self.rotary_emb(x, position_ids)
         routers = []
         for layer in self.layers:
-            x, router = layer(x, position_embeddings, allowed, padded, past_key_values)
+            x, router = layer(x, position_embeddings, allowed, plain_causal, past_key_values)
             if router is not None:
                 routers.append(router)
         return DogeOutput(last_hidden_state=self.norm(x), past_key_values=past_key_values,
@@ -208,9 +217,9 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batc
     return total / num_items_in_batch
 
 
-def fused_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None,
-                         ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
-    """``causal_lm_loss(hidden @ weight^T, labels)`` and those logits, by ``fused.linear_cross_entropy``.
+def handwritten_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                               num_items_in_batch=None, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """``causal_lm_loss(hidden @ weight^T, labels)`` and those logits, by ``handwritten_grad.linear_cross_entropy``.
 
     hidden: [B, T, H]; weight: [V, H]; labels: [B, T] -> (logits [B, T, V], loss []). The logits are
     still returned (and differentiable), but the loss never goes through them: its gradient is formed
@@ -220,7 +229,7 @@ def fused_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     targets = F.pad(labels, (0, 1), value=ignore_index)[:, 1:].to(hidden.device).reshape(-1)
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(hidden.device)
-    loss, logits = fused.linear_cross_entropy(hidden.reshape(b * t, h), weight, targets, num_items_in_batch,
+    loss, logits = handwritten_grad.linear_cross_entropy(hidden.reshape(b * t, h), weight, targets, num_items_in_batch,
                                               ignore_index)
     return logits.view(b, t, -1), loss
 
@@ -234,7 +243,7 @@ class DogeForCausalLM(DogePreTrainedModel):
         super().__init__(config)
         self.model = DogeModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.hand_written_backward = True  # see set_attention_backend
+        self.handwritten_grad = True  # see set_handwritten_grad
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -265,9 +274,9 @@ class DogeForCausalLM(DogePreTrainedModel):
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        if (labels is not None and self.hand_written_backward and self.lm_head.bias is None
-                and fused.training(hidden, self.lm_head.weight)):
-            logits, loss = fused_causal_lm_loss(hidden, self.lm_head.weight, labels, num_items_in_batch)
+        if (labels is not None and self.handwritten_grad and self.lm_head.bias is None
+                and handwritten_grad.training(hidden, self.lm_head.weight)):
+            logits, loss = handwritten_causal_lm_loss(hidden, self.lm_head.weight, labels, num_items_in_batch)
         else:
             logits = self.lm_head(hidden)
             loss = None if labels is None else causal_lm_loss(logits, labels, num_items_in_batch)

@@ -141,7 +141,7 @@ def test_chunked_never_builds_a_full_mask(grad, window, monkeypatch):
     for backend in ("chunked", "materialised"):
         layer.backend = backend
         with torch.set_grad_enabled(grad), LargestTensor() as probe:
-            out = layer(x, rope, None, padded=False)
+            out = layer(x, rope, None, plain_causal=True)
             if grad:
                 out.sum().backward()
         largest[backend] = probe.largest

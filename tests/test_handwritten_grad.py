@@ -1,4 +1,4 @@
-"""The hand-written backward passes of ``fused``: each against torch.autograd.gradcheck in float64 (its
+"""The hand-written backward passes of ``handwritten_grad``: each against torch.autograd.gradcheck in float64 (its
 backward is the derivative of its forward) and against the plain formula differentiated by autograd in
 float32 (its forward is the formula the rest of the package uses)."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from doge_from_scratch import DogeForCausalLM, fused
+from doge_from_scratch import DogeForCausalLM, handwritten_grad
 from doge_from_scratch.attention import causal_padding_mask
 from doge_from_scratch.layers import rotate_half
 from doge_from_scratch.testing import failed_checks, float32_error_check, float64_copy, randomize_, tiny_config
@@ -30,12 +30,12 @@ def grads_of(fn, inputs: tuple[torch.Tensor, ...], seed: int = 99) -> tuple[torc
     return out, list(torch.autograd.grad(out, inputs, cotangent))
 
 
-def assert_same_as_plain(fused_fn, plain_fn, inputs: tuple[torch.Tensor, ...]) -> None:
+def assert_same_as_plain(handwritten_fn, plain_fn, inputs: tuple[torch.Tensor, ...]) -> None:
     """Same output and same input gradients in float32 as the plain formula, each judged by its distance to the
     plain formula in float64 (``testing.float32_error_check``: at most a few times autograd's own error)."""
     inputs32 = tuple(x.detach().float().requires_grad_() for x in inputs)
     inputs64 = tuple(x.detach().double().requires_grad_() for x in inputs)
-    out_f, grads_f = grads_of(fused_fn, inputs32)
+    out_f, grads_f = grads_of(handwritten_fn, inputs32)
     out_p, grads_p = grads_of(plain_fn, inputs32)
     out_e, grads_e = grads_of(plain_fn, inputs64)
     names = ["output"] + [f"grad {i}" for i in range(len(grads_f))]
@@ -51,11 +51,11 @@ def plain_rms_norm(x, weight, eps=1e-6):
 
 def test_rms_norm_gradcheck():
     x, w = draw(3, 5, 8), draw(8, seed=1)
-    assert torch.autograd.gradcheck(lambda x, w: fused.rms_norm(x, w, 1e-6), (x, w))
+    assert torch.autograd.gradcheck(lambda x, w: handwritten_grad.rms_norm(x, w, 1e-6), (x, w))
 
 
 def test_rms_norm_equals_plain_formula():
-    assert_same_as_plain(lambda x, w: fused.rms_norm(x, w, 1e-6), plain_rms_norm, (draw(4, 16, 32), draw(32, seed=1)))
+    assert_same_as_plain(lambda x, w: handwritten_grad.rms_norm(x, w, 1e-6), plain_rms_norm, (draw(4, 16, 32), draw(32, seed=1)))
 
 
 # ---------------------------------------------------------------------------------------- rotary
@@ -71,12 +71,12 @@ def rotary_inputs(dtype=torch.float64, repeat_halves: bool = True):
 @pytest.mark.parametrize("repeat_halves", [True, False])
 def test_rotary_gradcheck(repeat_halves):
     x, cos, sin = rotary_inputs(repeat_halves=repeat_halves)
-    assert torch.autograd.gradcheck(lambda x: fused.rotary(x, cos, sin), (x,))
+    assert torch.autograd.gradcheck(lambda x: handwritten_grad.rotary(x, cos, sin), (x,))
 
 
 def test_rotary_equals_rotate_half_formula():
     x, cos, sin = rotary_inputs()
-    assert_same_as_plain(lambda x: fused.rotary(x, cos.float(), sin.float()),
+    assert_same_as_plain(lambda x: handwritten_grad.rotary(x, cos.float(), sin.float()),
                          lambda x: x * cos.float() + rotate_half(x) * sin.float(), (x,))
 
 
@@ -84,9 +84,9 @@ def test_rotary_in_the_projections_layout():
     """A [B, T, heads, d] tensor seen as [B, heads, T, d] (as the projections make it): same numbers, same layout."""
     x, cos, sin = rotary_inputs(repeat_halves=False)
     x = x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
-    assert_same_as_plain(lambda x: fused.rotary(x, cos.float(), sin.float()),
+    assert_same_as_plain(lambda x: handwritten_grad.rotary(x, cos.float(), sin.float()),
                          lambda x: x * cos.float() + rotate_half(x) * sin.float(), (x,))
-    assert fused.rotary(x, cos, sin).stride() == x.stride()
+    assert handwritten_grad.rotary(x, cos, sin).stride() == x.stride()
 
 
 # ------------------------------------------------------------------------------------- attention
@@ -122,13 +122,13 @@ def attention_inputs(case: str, dtype=torch.float64):
 @pytest.mark.parametrize("case", list(ATTENTION_CASES))
 def test_attention_gradcheck(case):
     inputs, allowed, _, rows = attention_inputs(case)
-    assert torch.autograd.gradcheck(lambda *x: fused.causal_attention(*x, allowed, 0.3, rows), inputs)
+    assert torch.autograd.gradcheck(lambda *x: handwritten_grad.causal_attention(*x, allowed, 0.3, rows), inputs)
 
 
 @pytest.mark.parametrize("case", list(ATTENTION_CASES))
 def test_attention_equals_plain_formula(case):
     inputs, allowed, full_allowed, rows = attention_inputs(case)
-    assert_same_as_plain(lambda *x: fused.causal_attention(*x, allowed, 0.3, rows),
+    assert_same_as_plain(lambda *x: handwritten_grad.causal_attention(*x, allowed, 0.3, rows),
                          lambda *x: plain_attention(*x, full_allowed, 0.3), inputs)
 
 
@@ -142,12 +142,12 @@ def ce_inputs(dtype=torch.float64, n=12, h=6, v=11):
 
 @pytest.mark.parametrize("block_rows", [5, 64])
 def test_linear_cross_entropy_gradcheck(block_rows, monkeypatch):
-    monkeypatch.setattr(fused, "CE_MIN_BLOCK_ROWS", block_rows)
-    monkeypatch.setattr(fused, "CE_BLOCK_ELEMENTS", 0)
+    monkeypatch.setattr(handwritten_grad, "CE_MIN_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(handwritten_grad, "CE_BLOCK_ELEMENTS", 0)
     hidden, weight, targets = ce_inputs()
 
     def loss_plus_logits(hidden, weight):
-        loss, logits = fused.linear_cross_entropy(hidden, weight, targets, divisor=7.0)
+        loss, logits = handwritten_grad.linear_cross_entropy(hidden, weight, targets, divisor=7.0)
         return loss + (logits ** 2).sum() * 1e-2  # gradients reach the inputs through both outputs
 
     assert torch.autograd.gradcheck(loss_plus_logits, (hidden, weight))
@@ -155,11 +155,11 @@ def test_linear_cross_entropy_gradcheck(block_rows, monkeypatch):
 
 @pytest.mark.parametrize("divisor", [None, 5.0])
 def test_linear_cross_entropy_equals_cross_entropy(divisor, monkeypatch):
-    monkeypatch.setattr(fused, "CE_MIN_BLOCK_ROWS", 5)  # several blocks, the last one short
-    monkeypatch.setattr(fused, "CE_BLOCK_ELEMENTS", 0)
+    monkeypatch.setattr(handwritten_grad, "CE_MIN_BLOCK_ROWS", 5)  # several blocks, the last one short
+    monkeypatch.setattr(handwritten_grad, "CE_BLOCK_ELEMENTS", 0)
     hidden, weight, targets = (x.detach().float().requires_grad_() if x.is_floating_point() else x
                                for x in ce_inputs())
-    loss, logits = fused.linear_cross_entropy(hidden, weight, targets, divisor)
+    loss, logits = handwritten_grad.linear_cross_entropy(hidden, weight, targets, divisor)
     expected_logits = hidden @ weight.t()
     reduction = "mean" if divisor is None else "sum"
     expected = F.cross_entropy(expected_logits, targets, reduction=reduction) / (divisor or 1.0)
@@ -185,9 +185,10 @@ def loss_logits_grads(model, ids, mask, labels) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("overrides", [dict(), dict(tie_word_embeddings=True, num_key_value_heads=4),
                                        dict(num_key_value_heads=1, attention_bias=True)])
-def test_model_hand_written_backward_equals_autograd(overrides, record_check):
-    """The same model and batch with the hand-written passes on ("auto") and off ("materialised", autograd over
-    the reference's operations): same loss, logits and gradient for every parameter; also with a padded row.
+def test_model_handwritten_grad_equals_autograd(overrides, record_check):
+    """The same model and batch with the hand-written passes on (``set_handwritten_grad(True)``, "auto"
+    attention) and off (autograd over the reference's operations, "materialised" attention): same loss, logits
+    and gradient for every parameter; also with a padded row.
 
     Both are float32 results of different summation orders, so each is judged by its distance to the same model
     in float64 (``testing.float32_error_check``): the hand-written passes may not be further from it than a
@@ -205,18 +206,19 @@ def test_model_hand_written_backward_equals_autograd(overrides, record_check):
         mask[1, -5:] = 0
         batches.append((ids, mask, ids.masked_fill(mask == 0, -100)))
 
-    def stacked(m, backend: str) -> dict[str, torch.Tensor]:
-        m.set_attention_backend(backend)
+    def stacked(m, handwritten: bool) -> dict[str, torch.Tensor]:
+        m.set_attention_backend("auto" if handwritten else "materialised")
+        m.set_handwritten_grad(handwritten)
         runs = [loss_logits_grads(m, *batch) for batch in batches]
         return {k: torch.stack([run[k] for run in runs]) for k in runs[0]}
 
-    hand, plain, exact = stacked(model, "auto"), stacked(model, "materialised"), stacked(model64, "materialised")
+    hand, plain, exact = stacked(model, True), stacked(model, False), stacked(model64, False)
     checks = [record_check(float32_error_check(f"hand-written vs autograd {overrides} {name}", hand[name],
                                                plain[name], exact[name])) for name in exact]
     assert all(c["ok"] for c in checks), failed_checks(checks)
 
 
-def test_model_num_items_in_batch_scales_the_fused_loss():
+def test_model_num_items_in_batch_scales_the_handwritten_loss():
     config = tiny_config()
     model = randomize_(DogeForCausalLM(config).train(), 4)
     ids = torch.randint(1, config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -224,3 +226,18 @@ def test_model_num_items_in_batch_scales_the_fused_loss():
     summed = model(ids, labels=ids, num_items_in_batch=torch.tensor(7)).loss
     counted = ids.shape[0] * (ids.shape[1] - 1)
     assert torch.allclose(summed, mean_loss * counted / 7, rtol=1e-6)
+
+
+def test_handwritten_grad_switch_is_separate_from_the_attention_backend():
+    """The attention backend says how the forward pass is computed; only ``set_handwritten_grad`` turns the
+    hand-written backward passes off (every module that has one), and back on."""
+    model = DogeForCausalLM(tiny_config())
+    switched = [m for m in model.modules() if hasattr(m, "handwritten_grad")]
+    assert {type(m).__name__ for m in switched} >= {"RMSNorm", "DogeAttention", "DogeForCausalLM"}
+    model.set_attention_backend("materialised")
+    assert all(m.handwritten_grad for m in switched)
+    model.set_handwritten_grad(False)
+    assert not any(m.handwritten_grad for m in switched)
+    assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {"materialised"}
+    model.set_handwritten_grad(True)
+    assert all(m.handwritten_grad for m in switched)

@@ -133,7 +133,7 @@ def test_padded_batch_matches_reference(side, impl, window, moe, record_check):
     No position needs excluding: with right padding every query still sees its real prefix; with
     left padding a pad query sees no key at all, and the reference fills such a row with the dtype
     minimum everywhere, i.e. softmax of a constant row = the plain average of all values. Ours
-    reproduces that (attend_fused handles empty rows explicitly), so pad rows agree too.
+    reproduces that (attend_bias_in_qk handles empty rows explicitly), so pad rows agree too.
     """
     moe_fields = dict(is_moe=True, num_experts=16, num_experts_per_tok=4) if moe else {}
     config = tiny_config(keep_window_size=window, **moe_fields)
@@ -193,6 +193,7 @@ def test_gradients_match_reference(name, backend, record_check):
     ours, ref = build_pair(config, "eager")
     ref64 = float64_copy(ref)
     ours.set_attention_backend(backend)
+    ours.set_handwritten_grad(backend != "materialised")  # materialised: autograd op by op, as the reference
     batches = [random_ids(config, 2, length, seed) for seed in range(BATCHES)]
 
     def stacked(model, flip: bool = False) -> dict[str, torch.Tensor]:

@@ -65,7 +65,7 @@ def build_layer(impl: str, dtype: torch.dtype, device: torch.device, seed: int =
     ours = randomize_(DogeAttention(config, 0), seed)
     if impl.startswith("ours-"):
         ours.backend = impl.removeprefix("ours-")
-        return ours.to(device, dtype), lambda x, rope: ours(x, rope, None, padded=False)
+        return ours.to(device, dtype), lambda x, rope: ours(x, rope, None, plain_causal=True)
     import transformers
     from transformers.models.doge.modeling_doge import DogeAttention as ReferenceAttention
 

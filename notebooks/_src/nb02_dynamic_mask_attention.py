@@ -19,7 +19,7 @@ calls this *Dynamic Mask Attention* (DMA).
    initialisation, and what it looks like on a real sentence (heatmaps).
 3. The final mask: causal positions replaced by the dtype minimum, then the keep-window top-k - with a
    slider to watch the mask thin out as the window shrinks.
-4. The *fused* trick: because the bias depends only on the key, it can be folded into `q` and `k`, so no
+4. The *bias inside q.k* trick: because the bias depends only on the key, it can be folded into `q` and `k`, so no
    `T x S` mask is ever built - and the numbers stay the same.
 5. Parity: our hand-built layer against transformers' `DogeAttention` (eager) and against
    `doge_from_scratch.attention`.
@@ -282,7 +282,7 @@ for ax, (title, p) in zip(axes, [("plain causal", plain), ("DMA, window 2048", a
 plt.tight_layout()
 """),
 md("""
-## 6. The fused path: no mask tensor at all
+## 6. The bias inside q.k: no mask tensor at all
 
 Materialising `[B, heads, T, S]` floats costs memory quadratic in the length and rules out the fast fused
 attention kernels, which accept at most a causal flag. But as long as there are no more keys than the window
@@ -311,7 +311,7 @@ print("fused == materialised:", torch.allclose(fused, materialised, atol=1e-5))
 print(f"floats in the materialised mask: {n_heads * T * T}; extra floats on the fused path: {n_kv * T}")
 """),
 md("""
-Past the window the fused trick no longer applies (which keys survive differs per query row), so a long
+Past the window the bias-inside-q.k trick no longer applies (which keys survive differs per query row), so a long
 prefill falls back to the materialised mask; single-token decoding has only one row and stays cheap either way.
 
 ## 7. Parity with transformers' `DogeAttention`
@@ -341,7 +341,7 @@ md("""
 ## 8. Check against the package
 
 `doge_from_scratch.attention` holds the finished layer: the same projections, the bias, the mask (with
-padding and KV-cache offsets handled), the fused path used automatically when it is valid, and the
+padding and KV-cache offsets handled), the bias inside q.k (`attend_bias_in_qk`) used automatically when it is valid, and the
 materialised path otherwise. On our sentence it must agree with everything built above.
 """),
 code("""
@@ -363,7 +363,7 @@ with torch.no_grad():
         layer.backend = backend
         for window in (2048, 6):
             layer.keep_window_size = window
-            out = layer(x, (cos, sin), padded=False)
+            out = layer(x, (cos, sin), plain_causal=True)
             assert torch.allclose(out, dma_attention(x, window), atol=1e-6), (backend, window)
     layer.backend, layer.keep_window_size = "auto", config.keep_window_size
 print("doge_from_scratch.attention matches the notebook (fused and materialised, with and without top-k)")

@@ -310,7 +310,7 @@ print(parity.format_report(corrupted_report))
 md("""
 ## 5. DMA past the keep window without the full mask
 
-Up to `keep_window_size` keys, the dynamic bias depends on the key only, so lesson 02's fused path folds it into
+Up to `keep_window_size` keys, the dynamic bias depends on the key only, so lesson 02's bias-inside-q.k path folds it into
 the dot product and never builds a mask. Past the window each query row keeps its `keep_window_size` largest
 biases - a different set per row - and the reference builds the whole [B, heads, T, S] mask to take that top-k.
 At 32k tokens that is 4 GiB per head in float32 before the scores are even computed.
@@ -373,7 +373,7 @@ The measured version is a benchmark, not a lesson cell: `python -m doge_from_scr
 Doge-20M attention layer forward and forward+backward at 2k, 8k and 32k tokens for transformers' eager and sdpa
 paths, our materialised and default paths and the `chunked` backend, each in a fresh process so that its peak
 memory is its own, and skips (with the estimate) whatever would not fit. The package's backend is selected with
-`model.set_attention_backend("chunked")`: fused up to the keep window, blocks of rows past it.
+`model.set_attention_backend("chunked")`: the bias inside q.k up to the keep window, blocks of rows past it.
 
 ## 6. Check against the package
 
