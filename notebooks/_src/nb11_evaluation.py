@@ -113,7 +113,7 @@ in one forward pass over context + continuation (minus its last token, which pre
 
 The subtle part is where the context ends and the continuation starts *in tokens*. ARC's prompt is
 `"Question: ...\\nAnswer:"` and each choice is `" " + text` (the target delimiter is a space). A byte-level BPE
-glues a space to the word after it (`Ġ5`), so the harness (`LM._encode_pair`) moves any trailing space of the
+glues a space to the word after it (`' Cairo'` is one token), so the harness (`LM._encode_pair`) moves any trailing space of the
 context into the continuation, encodes context + continuation *as one string*, and splits after as many tokens as
 the context alone has. Encoding the two halves separately could give tokens the model never saw in training.
 """),
