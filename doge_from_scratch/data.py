@@ -489,7 +489,6 @@ class SmallTalkTask(Task):
 
 TASKS: dict[str, Task] = {t.name: t for t in (AdditionTask(), CompareDecimalsTask(), ReverseDigitsTask(), CapitalTask(),
                                                SmallTalkTask())}
-SOLVABLE_TASKS = ("addition", "compare_decimals", "reverse_digits", "capital")
 
 
 # ----------------------------------------------------------------------------------------------------------

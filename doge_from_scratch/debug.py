@@ -95,6 +95,7 @@ class ModuleDiff:
     name: str
     max_abs: float
     scale: float  # max |reference output|
+    exceeds: bool = False  # max_abs > atol + rtol * scale (or NaN) for the tolerances it was measured with
 
     @property
     def relative(self) -> float:
@@ -151,12 +152,9 @@ def _differs(out: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float) -> 
     """max|out - ref| against atol + rtol * max|ref| (NaN counts as a difference); None if shapes differ."""
     if out.shape != ref.shape:
         return None
-    return ModuleDiff("", float((out - ref).abs().max()) if out.numel() else 0.0,
-                      float(ref.abs().max()) if ref.numel() else 0.0)
-
-
-def _over(diff: ModuleDiff, rtol: float, atol: float) -> bool:
-    return not diff.max_abs <= atol + rtol * diff.scale
+    max_abs = float((out - ref).abs().max()) if out.numel() else 0.0
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    return ModuleDiff("", max_abs, scale, exceeds=not max_abs <= atol + rtol * scale)
 
 
 def parent_name(name: str) -> str:
@@ -181,7 +179,7 @@ def compare_recordings(ours: Recording, reference: Recording, rtol: float = 1e-4
             continue
         diff.name = name
         compared.append(diff)
-        if first is None and _over(diff, rtol, atol):
+        if first is None and diff.exceeds:
             first = diff
     result = Divergence(compared, first,
                         only_ours=[n for n in ours.outputs if n not in reference.outputs],
@@ -191,10 +189,10 @@ def compare_recordings(ours: Recording, reference: Recording, rtol: float = 1e-4
         return result
     ours_in, ref_in = ours.inputs.get(first.name), reference.inputs.get(first.name)
     input_diff = _differs(ours_in, ref_in, rtol, atol) if ours_in is not None and ref_in is not None else None
-    if input_diff is not None and _over(input_diff, rtol, atol) and parent_name(first.name):
+    if input_diff is not None and input_diff.exceeds and parent_name(first.name):
         parent = parent_name(first.name)
         parent_diff = next((d for d in compared if d.name == parent), None)
-        result.first = parent_diff or ModuleDiff(parent, first.max_abs, first.scale)
+        result.first = parent_diff or ModuleDiff(parent, first.max_abs, first.scale, exceeds=True)
         result.entered_at = first.name
     elif any(d.name.startswith(first.name + ".") for d in compared):
         result.entered_at = "its output"  # a composite module whose sub-modules all agree

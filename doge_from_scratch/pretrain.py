@@ -117,11 +117,6 @@ class PretrainConfig:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "PretrainConfig":
-        values = dict(values)
-        values["betas"] = tuple(values["betas"])
-        return cls(**values)
 
 
 def wsd_lr_factor(step: int, warmup: int, stable: int, decay: int, decay_type: str = "cosine",
@@ -221,9 +216,6 @@ class RowSchedule:
         start = micro_batch_index * self.batch_size
         sample_ids = range(start, start + self.batch_size)
         return torch.stack([self._perm(k // self.n_rows)[k % self.n_rows] for k in sample_ids])
-
-    def epoch_of(self, micro_batch_index: int) -> float:
-        return micro_batch_index * self.batch_size / self.n_rows
 
 
 # ----------------------------------------------------------------------------------------------------------
