@@ -42,6 +42,7 @@ lessons: install
 	$(BIN)/python -m doge_from_scratch.figures notebooks artifacts/figures
 
 unit: install
+	$(BIN)/ruff check doge_from_scratch tests notebooks/_src
 	$(BIN)/python -m pytest -q tests
 
 # The unit tests under other ATen CPU kernels and thread counts (CI runs this after `make test`): float32

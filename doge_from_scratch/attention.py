@@ -37,7 +37,6 @@ by all heads and layers.
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import torch

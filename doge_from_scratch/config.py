@@ -200,7 +200,7 @@ class DogeConfig(PreTrainedConfig):
 
     # -- presets -----------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "DogeConfig":
+    def from_preset(cls, name: str, **overrides) -> DogeConfig:
         """A published size by name (``"Doge-20M"``, ..., ``"Doge-20M-MoE"``), with optional overrides."""
         if name not in PRESETS:
             raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")

@@ -53,7 +53,7 @@ def first_tensor(output) -> torch.Tensor | None:
 class Recording:
     """What the hooks saw: {canonical module name: tensor as float32 on the CPU}, in firing order."""
 
-    outputs: "OrderedDict[str, torch.Tensor]"
+    outputs: OrderedDict[str, torch.Tensor]
     inputs: dict[str, torch.Tensor]
 
 

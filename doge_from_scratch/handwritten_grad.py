@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 # linear_cross_entropy: rows per block are chosen so one [rows, V] block holds about this many numbers

@@ -461,7 +461,7 @@ def format_report(report: ParityReport) -> str:
     lines = [f"parity: {report.model}",
              f"  folder     {report.folder}",
              f"  checkpoint generation {report.generation} ({report.variant} attention); device {report.device}",
-             f"  ours       doge_from_scratch DogeForCausalLM",
+             "  ours       doge_from_scratch DogeForCausalLM",
              f"  reference  {report.reference}"]
     lines += [f"  note       {note}" for note in report.notes]
     lines.append("")

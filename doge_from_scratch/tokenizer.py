@@ -254,7 +254,7 @@ class DogeTokenizer(PreTrainedTokenizerFast):
         return files
 
 
-def wrap_tokenizer(tok: Tokenizer, model_max_length: int = 2048) -> "DogeTokenizer":
+def wrap_tokenizer(tok: Tokenizer, model_max_length: int = 2048) -> DogeTokenizer:
     """Turn a raw `tokenizers.Tokenizer` into a transformers tokenizer with Doge's specials and chat template."""
     fast = DogeTokenizer(
         tokenizer_object=tok,
