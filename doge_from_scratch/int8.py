@@ -106,8 +106,10 @@ def int8_quality(model, validation_rows: torch.Tensor, prompt: torch.Tensor, new
 
     model: a float32 ``DogeForCausalLM``; validation_rows: [N, T] packed token rows (lesson 06's validation set);
     prompt: [1, P] ids for the greedy comparison. Returns max |logits difference| over every position
-    of the validation rows, both perplexities, and how many of ``new_tokens`` greedy tokens agree
-    (counted up to the first disagreement, after which the two continuations see different text).
+    of the validation rows, both perplexities, the share of validation positions whose argmax agrees
+    (teacher forced), and how many of ``new_tokens`` greedy tokens agree: ``greedy_agreement`` counts up to
+    the first disagreement (after it the two continuations read different text), ``greedy_same_position``
+    counts every position where the two continuations hold the same token.
     """
     from .fast_decode import FastDoge
     from .generation import generate
@@ -116,12 +118,13 @@ def int8_quality(model, validation_rows: torch.Tensor, prompt: torch.Tensor, new
         raise ValueError("int8_quality compares against float32: pass the model in float32 (model.float())")
     reference = model.eval()
     fast = FastDoge(reference, dtype=torch.float32, weights="int8")
-    nll_ref, nll_q, count, max_diff = 0.0, 0.0, 0, 0.0
+    nll_ref, nll_q, count, max_diff, same_argmax = 0.0, 0.0, 0, 0.0, 0
     for start in range(0, len(validation_rows), batch_size):
         rows = validation_rows[start:start + batch_size]
         ref_logits = reference(rows).logits.float()
         q_logits = fast.logits(rows)
         max_diff = max(max_diff, float((ref_logits - q_logits).abs().max()))
+        same_argmax += int((ref_logits.argmax(-1) == q_logits.argmax(-1)).sum())
         targets = rows[:, 1:].reshape(-1)
         nll_ref += float(F.cross_entropy(ref_logits[:, :-1].reshape(-1, ref_logits.shape[-1]), targets,
                                          reduction="sum"))
@@ -133,7 +136,9 @@ def int8_quality(model, validation_rows: torch.Tensor, prompt: torch.Tensor, new
     differs = (ids_ref != ids_q).nonzero()
     agree = int(differs[0, 0]) if len(differs) else new_tokens
     return {"max_logits_diff": max_diff, "perplexity_float32": math.exp(nll_ref / count),
-            "perplexity_int8": math.exp(nll_q / count), "greedy_agreement": agree, "greedy_tokens": new_tokens,
+            "perplexity_int8": math.exp(nll_q / count), "argmax_agreement": same_argmax / validation_rows.numel(),
+            "greedy_agreement": agree, "greedy_same_position": int((ids_ref == ids_q).sum()),
+            "greedy_tokens": new_tokens,
             "weights_mib_float32": sum(p.numel() * 4 for p in reference.parameters()) / 2 ** 20,
             "weights_mib_int8": fast.weight_bytes() / 2 ** 20}
 
@@ -150,6 +155,7 @@ def lesson_validation_rows(limit_docs: int = 64, seq_len: int = 128, data_dir=No
 
 def summarise(rows: Sequence[dict]) -> str:
     """One line per quality dict: max diff, perplexities, greedy agreement."""
-    return "\n".join(f"max |dlogits| {r['max_logits_diff']:.3g}, perplexity {r['perplexity_float32']:.3f} -> "
-                     f"{r['perplexity_int8']:.3f}, greedy agreement {r['greedy_agreement']}/{r['greedy_tokens']}"
-                     for r in rows)
+    return "\n".join(f"max |dlogits| {r['max_logits_diff']:.3g}, perplexity {r['perplexity_float32']:.4f} -> "
+                     f"{r['perplexity_int8']:.4f}, argmax agreement {r['argmax_agreement']:.4f}, greedy tokens equal "
+                     f"{r['greedy_agreement']}/{r['greedy_tokens']} before the first difference "
+                     f"({r['greedy_same_position']} at the same position)" for r in rows)
