@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from doge_from_scratch import DogeForCausalLM
-from doge_from_scratch.testing import copy_into_reference, randomize_, reference_model, tiny_config
+from doge_from_scratch.testing import (copy_into_reference, failed_checks, float32_error_check, float64_copy,
+                                       randomize_, reference_model, tiny_config)
 
 TOL = 1e-5
 # changes well above float32 noise: what "earlier logits moved" means below
@@ -35,6 +36,13 @@ def ids_pair(length: int = 10, seed: int = 0):
 
 
 @torch.no_grad()
+def assert_logits_as_reference(name: str, ours, ref, ids) -> None:
+    """Our logits no further from the reference's float64 logits than a few times the reference's own float32."""
+    c = float32_error_check(name, ours(ids).logits, ref(ids).logits, float64_copy(ref)(ids).logits)
+    assert c["ok"], failed_checks([c])
+
+
+@torch.no_grad()
 def earlier_change(model, ids, changed) -> float:
     """Largest change of the logits at positions before the last when only the last token changes."""
     return (model(ids).logits[:, :-1] - model(changed).logits[:, :-1]).abs().max().item()
@@ -49,9 +57,8 @@ def test_reference_split_is_not_causal_and_ours_reproduces_it(record_diff):
     # the published model: a later token changes earlier predictions
     assert ref_change > MOVED
     assert ours_change > MOVED
-    with torch.no_grad():  # and ours follows it exactly, on both inputs
-        for x in (ids, changed):
-            assert (ours(x).logits - ref(x).logits).abs().max().item() <= TOL
+    for x in (ids, changed):  # and ours follows it, on both inputs
+        assert_logits_as_reference("reference split", ours, ref, x)
 
 
 def test_per_token_split_is_causal(record_diff):
@@ -80,26 +87,26 @@ def test_reference_split_depends_on_the_batch_and_per_token_does_not():
 def test_splits_agree_on_a_single_token():
     """B*T = 1 (one decode step without cache): both splits read the same halves."""
     per_token, ref = build("per_token")
-    ids = torch.tensor([[17]])
-    assert (per_token(ids).logits - ref(ids).logits).abs().max().item() <= TOL
+    assert_logits_as_reference("single token", per_token, ref, torch.tensor([[17]]))
 
 
 @torch.no_grad()
 def test_per_token_split_full_forward_equals_token_by_token_decoding():
     ours, _ = build("per_token")
     ids, _ = ids_pair(length=9)
-    full = ours(ids).logits
+    full, exact = ours(ids).logits, float64_copy(ours)(ids).logits
     out = ours(ids[:, :1], use_cache=True)
     steps = [out.logits]
     for t in range(1, ids.shape[1]):
         out = ours(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
         steps.append(out.logits)
-    assert (torch.cat(steps, 1) - full).abs().max().item() <= TOL
+    c = float32_error_check("per-token split, decode vs full", torch.cat(steps, 1), full, exact)
+    assert c["ok"], failed_checks([c])
 
 
 # ----------------------------------------------------------------------------- auxiliary loss
 @pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "left-padded"])
-def test_aux_loss_and_loss_match_reference(masked, record_diff):
+def test_aux_loss_and_loss_match_reference(masked, record_check):
     ours, ref = build("reference")
     ids, _ = ids_pair(length=12)
     mask = None
@@ -108,16 +115,17 @@ def test_aux_loss_and_loss_match_reference(masked, record_diff):
         mask[0, :4] = 0
     ours_out = ours(ids, attention_mask=mask, labels=ids, output_router_logits=True)
     ref_out = ref(ids, attention_mask=mask, labels=ids, output_router_logits=True)
-    aux_diff = (ours_out.aux_loss - ref_out.aux_loss).abs().item()
-    loss_diff = (ours_out.loss - ref_out.loss).abs().item()
-    record_diff(f"aux_loss {'left-padded' if masked else 'no mask'} (value {ref_out.aux_loss.item():.4f})",
-                aux_diff, TOL)
-    record_diff(f"loss incl. aux {'left-padded' if masked else 'no mask'}", loss_diff, TOL)
-    assert aux_diff <= TOL and loss_diff <= TOL
+    exact_out = float64_copy(ref)(ids, attention_mask=mask, labels=ids, output_router_logits=True)
+    where = "left-padded" if masked else "no mask"
+    checks = [float32_error_check(f"aux_loss {where}", ours_out.aux_loss, ref_out.aux_loss, exact_out.aux_loss),
+              float32_error_check(f"loss incl. aux {where}", ours_out.loss, ref_out.loss, exact_out.loss)]
     assert len(ours_out.router_logits) == len(ref_out.router_logits) == ours.config.num_hidden_layers
-    for mine, theirs in zip(ours_out.router_logits, ref_out.router_logits):
-        assert mine.shape == theirs.shape
-        assert (mine - theirs).abs().max().item() <= TOL
+    for i, (mine, theirs, exact) in enumerate(zip(ours_out.router_logits, ref_out.router_logits,
+                                                  exact_out.router_logits)):
+        checks.append(float32_error_check(f"router logits {where} layer {i}", mine, theirs, exact))
+    for c in checks:
+        record_check(c)
+    assert all(c["ok"] for c in checks), failed_checks(checks)
     # the aux term is really part of the loss (not a zero that would make the check empty)
     plain = ours(ids, attention_mask=mask, labels=ids, output_router_logits=False)
     assert plain.aux_loss is None
