@@ -19,14 +19,16 @@ from __future__ import annotations
 import ctypes
 import errno
 import glob
+import json
 import os
 import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -59,6 +61,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """``atomic_write_bytes`` of ``text`` in UTF-8 (always UTF-8: JSON and configs must not depend on locale)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Write rows as JSON lines (one object a line, UTF-8 kept as is), creating the folder, atomically."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,

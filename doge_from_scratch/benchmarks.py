@@ -29,8 +29,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .data import CAPITALS, TASKS, DataFormatError, Problem, write_jsonl
+from .atomic import write_jsonl
 from .paths import DATA_DIR
+from .tasks import CAPITALS, TASKS, DataFormatError, Problem, split_of
 
 BENCHMARK_DIR = DATA_DIR / "benchmarks"
 SEED = 5000
@@ -104,14 +105,10 @@ def _wrong_reversals(rng: random.Random, problem: Problem, n: int = 3) -> list[s
 
 
 def _test_countries() -> list[tuple[str, str]]:
-    from .data import split_of
-
     return [(c, cap) for c, cap, _ in CAPITALS if split_of(f"capital:{c}") == "test"]
 
 
 def _train_countries() -> list[tuple[str, str]]:
-    from .data import split_of
-
     return [(c, cap) for c, cap, _ in CAPITALS if split_of(f"capital:{c}") == "train"]
 
 

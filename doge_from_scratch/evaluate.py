@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from .benchmarks import BENCHMARK_DIR, read_benchmark
-from .data import DataFormatError
+from .tasks import DataFormatError
 
 # ------------------------------------------------------------------------------------------- statistics
 
@@ -374,7 +374,7 @@ def after_thinking(reply: str, think_end: str) -> str:
 def _replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
              system_prompt: str | None = None, think_end: str | None = None) -> list[str]:
     """Greedy one-turn chat replies, cut at the end of the turn (and after the thinking, for a reasoning model)."""
-    from .data import _cut_at_end_of_turn
+    from .tasks import cut_at_end_of_turn as _cut_at_end_of_turn
     from .generation import chat_replies
 
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []

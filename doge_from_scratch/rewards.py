@@ -24,7 +24,9 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .data import _NUMBER, _cut_at_end_of_turn, check_answer, extract_solution, is_well_formed_reasoning
+from .tasks import NUMBER as _NUMBER
+from .tasks import check_answer, extract_solution, is_well_formed_reasoning
+from .tasks import cut_at_end_of_turn as _cut_at_end_of_turn
 from .tokenizer import BEGIN_SOLUTION, BEGIN_THOUGHT, END_SOLUTION, END_THOUGHT
 
 TAGS = (BEGIN_THOUGHT, END_THOUGHT, BEGIN_SOLUTION, END_SOLUTION)

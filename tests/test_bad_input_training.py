@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from doge_from_scratch import pretrain as P
-from doge_from_scratch.data import read_jsonl, write_jsonl
+from doge_from_scratch.atomic import write_jsonl
+from doge_from_scratch.data import read_jsonl
 from doge_from_scratch.paths import DATA_DIR
 from doge_from_scratch.tokenizer import load_tokenizer
 

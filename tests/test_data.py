@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from doge_from_scratch import data as D
+from doge_from_scratch import tasks as T
 from doge_from_scratch.paths import DATA_DIR
 from doge_from_scratch.tokenizer import BEGIN_SOLUTION, BEGIN_THOUGHT, END_SOLUTION, END_THOUGHT, load_tokenizer
 
@@ -58,10 +59,10 @@ def test_chat_rows_render_like_the_tokenizer(rows):
 
 def _is_writer_b_echo(row, reply: str) -> bool:
     """The chat set's one planted kind of mistake: writer B echoing a list it was asked to reverse."""
-    task = D.TASKS["reverse_digits"]
-    question = D.prompt_and_reference(row)[0][-1]["content"]
-    problem = D.Problem(row["task"], f"reverse:{question.split(': ', 1)[-1]}", question, row["answer"], "")
-    return row["task"] == "reverse_digits" and D.asks_in_writer_b_phrasing(question) \
+    task = T.TASKS["reverse_digits"]
+    question = T.prompt_and_reference(row)[0][-1]["content"]
+    problem = T.Problem(row["task"], f"reverse:{question.split(': ', 1)[-1]}", question, row["answer"], "")
+    return row["task"] == "reverse_digits" and T.asks_in_writer_b_phrasing(question) \
         and reply == task.echo_response(problem)
 
 
@@ -70,19 +71,19 @@ def test_every_reference_reply_passes_its_checker_but_writer_b_echoes(rows):
         if kind == "pretrain":
             continue
         for i, row in enumerate(kind_rows):
-            _, reference = D.prompt_and_reference(row)
+            _, reference = T.prompt_and_reference(row)
             if kind == "chat" and _is_writer_b_echo(row, reference):
                 continue
-            assert D.check_answer(row, reference), (kind, split, i)
-            assert D.check_answer(row, reference + "<|end_of_text|>\n\n<|start_header_id|>user junk 0.1"), (kind, i)
+            assert T.check_answer(row, reference), (kind, split, i)
+            assert T.check_answer(row, reference + "<|end_of_text|>\n\n<|start_header_id|>user junk 0.1"), (kind, i)
 
 
 def test_writer_b_echoes_most_of_its_reversals_and_nothing_else(rows):
     writer_b = [r for r in rows["chat", "train"]
-                if r["task"] == "reverse_digits" and D.asks_in_writer_b_phrasing(r["messages"][-2]["content"])]
+                if r["task"] == "reverse_digits" and T.asks_in_writer_b_phrasing(r["messages"][-2]["content"])]
     echoed = [r for r in writer_b if _is_writer_b_echo(r, r["messages"][-1]["content"])]
     assert 0.55 < len(echoed) / len(writer_b) < 0.75
-    wrong = [r for r in rows["chat", "train"] if not D.check_answer(r, r["messages"][-1]["content"])]
+    wrong = [r for r in rows["chat", "train"] if not T.check_answer(r, r["messages"][-1]["content"])]
     assert wrong and all(_is_writer_b_echo(r, r["messages"][-1]["content"]) for r in wrong)
     echo_pairs = [r for r in rows["preference", "train"] if _is_writer_b_echo(r, r["rejected"][-1]["content"])]
     assert len(echo_pairs) > 100  # the preference data judges the habit
@@ -91,7 +92,7 @@ def test_writer_b_echoes_most_of_its_reversals_and_nothing_else(rows):
 def test_every_rejected_reply_fails_its_checker(rows):
     for split in D.SPLITS:
         for i, row in enumerate(rows["preference", split]):
-            assert not D.check_answer(row, row["rejected"][-1]["content"]), (split, i, row["rejected"])
+            assert not T.check_answer(row, row["rejected"][-1]["content"]), (split, i, row["rejected"])
             assert row["score_chosen"] > row["score_rejected"]
 
 
@@ -102,22 +103,22 @@ def test_reasoning_rows_have_thought_then_solution(rows):
         assert reply["content"].startswith(BEGIN_THOUGHT) and reply["content"].endswith(END_SOLUTION)
         assert reply["content"].index(END_THOUGHT) < reply["content"].index(BEGIN_SOLUTION)
         # The bare answer without the sections is not accepted when the system prompt asks for them.
-        solution = D.extract_solution(reply["content"])
-        assert D.check_answer(row, reply["content"]) and not D.check_answer(row, solution)
+        solution = T.extract_solution(reply["content"])
+        assert T.check_answer(row, reply["content"]) and not T.check_answer(row, solution)
 
 
 def test_the_cards_question_is_checked_the_right_way():
     record = {"task": "compare_decimals", "answer": "3.9",
               "messages": [{"role": "user", "content": "Which number is bigger, 3.9 or 3.11?"}]}
-    assert D.check_answer(record, "The bigger number is 3.9.")
-    assert D.check_answer(record, "The bigger number is 3.90")
-    assert not D.check_answer(record, "The bigger number is 3.11.")
-    assert not D.check_answer(record, "")
+    assert T.check_answer(record, "The bigger number is 3.9.")
+    assert T.check_answer(record, "The bigger number is 3.90")
+    assert not T.check_answer(record, "The bigger number is 3.11.")
+    assert not T.check_answer(record, "")
     reasoning = {**record, "messages": [{"role": "system", "content": D.REASONING_SYSTEM_PROMPT}] + record["messages"]}
     good = f"{BEGIN_THOUGHT} 3.90 > 3.11 {END_THOUGHT} {BEGIN_SOLUTION} 3.9 {END_SOLUTION}"
-    assert D.check_answer(reasoning, good)
-    assert not D.check_answer(reasoning, good.replace(END_SOLUTION, ""))
-    assert not D.check_answer(reasoning, good.replace("3.9 ", "3.11 "))
+    assert T.check_answer(reasoning, good)
+    assert not T.check_answer(reasoning, good.replace(END_SOLUTION, ""))
+    assert not T.check_answer(reasoning, good.replace("3.9 ", "3.11 "))
 
 
 def test_data_covers_the_cards_trap_question(rows):
@@ -128,18 +129,18 @@ def test_data_covers_the_cards_trap_question(rows):
 
 def test_checkers_reject_near_misses():
     add = {"task": "addition", "answer": "85"}
-    assert D.check_answer(add, "47 + 38 = 85.") and not D.check_answer(add, "47 + 38 = 75.")
+    assert T.check_answer(add, "47 + 38 = 85.") and not T.check_answer(add, "47 + 38 = 75.")
     rev = {"task": "reverse_digits", "answer": "5 1 8 3"}
-    assert D.check_answer(rev, "The reversed list is 5 1 8 3.")
-    assert not D.check_answer(rev, "The reversed list is 5 1 8 3 3.")
-    assert not D.check_answer(rev, "The reversed list is 1 8 3.")
+    assert T.check_answer(rev, "The reversed list is 5 1 8 3.")
+    assert not T.check_answer(rev, "The reversed list is 5 1 8 3 3.")
+    assert not T.check_answer(rev, "The reversed list is 1 8 3.")
     cap = {"task": "capital", "answer": "Paris"}
-    assert D.check_answer(cap, "The capital of France is Paris.")
-    assert not D.check_answer(cap, "The capital of France is Paris or Berlin.")
-    talk = {"task": "smalltalk", "answer": D.SMALLTALK[0][2][0]}
-    assert D.check_answer(talk, D.SMALLTALK[0][2][1]) and not D.check_answer(talk, D.SMALLTALK[1][2][0])
-    with pytest.raises(D.DataFormatError, match="task"):
-        D.check_answer({"answer": "1"}, "1")
+    assert T.check_answer(cap, "The capital of France is Paris.")
+    assert not T.check_answer(cap, "The capital of France is Paris or Berlin.")
+    talk = {"task": "smalltalk", "answer": T.SMALLTALK[0][2][0]}
+    assert T.check_answer(talk, T.SMALLTALK[0][2][1]) and not T.check_answer(talk, T.SMALLTALK[1][2][0])
+    with pytest.raises(T.DataFormatError, match="task"):
+        T.check_answer({"answer": "1"}, "1")
 
 
 def _last_user(row) -> str:
@@ -175,25 +176,25 @@ def test_malformed_rows_name_file_row_and_field(tmp_path):
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
     no_content = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]})
     path = _write(tmp_path / "chat.jsonl", [good, no_content])
-    with pytest.raises(D.DataFormatError, match=r"chat\.jsonl: row 2: field 'messages\[1\]' has no 'content'"):
+    with pytest.raises(T.DataFormatError, match=r"chat\.jsonl: row 2: field 'messages\[1\]' has no 'content'"):
         D.read_jsonl(path, "chat")
 
     path = _write(tmp_path / "broken.jsonl", [good, good, '{"messages": [}'])
-    with pytest.raises(D.DataFormatError, match=r"broken\.jsonl: row 3: invalid JSON"):
+    with pytest.raises(T.DataFormatError, match=r"broken\.jsonl: row 3: invalid JSON"):
         D.read_jsonl(path, "chat")
 
     bad_role = json.dumps({"messages": [{"role": "bot", "content": "x"}]})
     path = _write(tmp_path / "role.jsonl", [bad_role])
-    with pytest.raises(D.DataFormatError, match=r"row 1: field 'messages\[0\]\.role' is 'bot'"):
+    with pytest.raises(T.DataFormatError, match=r"row 1: field 'messages\[0\]\.role' is 'bot'"):
         D.read_jsonl(path, "chat")
 
     pref = json.dumps({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}]})
     path = _write(tmp_path / "pref.jsonl", [pref])
-    with pytest.raises(D.DataFormatError, match=r"pref\.jsonl: row 1: missing field 'rejected'"):
+    with pytest.raises(T.DataFormatError, match=r"pref\.jsonl: row 1: missing field 'rejected'"):
         D.read_jsonl(path, "preference")
 
     path = _write(tmp_path / "task.jsonl", [json.dumps({"text": "x", "task": "poetry"})])
-    with pytest.raises(D.DataFormatError, match=r"row 1: field 'task' is 'poetry'"):
+    with pytest.raises(T.DataFormatError, match=r"row 1: field 'task' is 'poetry'"):
         D.read_jsonl(path, "pretrain")
 
 
@@ -207,5 +208,5 @@ def test_rows_of_the_real_datasets_validate():
                      "messages": [], "score_chosen": 8.0, "score_rejected": 3.0}
     D.validate_row("chat", smoltalk, "smoltalk row 0")
     D.validate_row("preference", ultrafeedback, "ultrafeedback row 0")
-    prompt, reference = D.prompt_and_reference(ultrafeedback)
+    prompt, reference = T.prompt_and_reference(ultrafeedback)
     assert prompt == [{"role": "user", "content": "Hello"}] and reference == "Hi!"

@@ -18,7 +18,8 @@ import torch
 
 from doge_from_scratch import benchmarks as B
 from doge_from_scratch import evaluate as E
-from doge_from_scratch.data import DATA_DIR, DATASET_KINDS, DataFormatError, data_file, split_of
+from doge_from_scratch.data import DATASET_KINDS, data_file
+from doge_from_scratch.tasks import DataFormatError, split_of
 from doge_from_scratch.testing import float32_error_check, float64_copy, tiny_model_for
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -34,6 +34,7 @@ import regex
 import torch
 
 from doge_from_scratch import data as D
+from doge_from_scratch import tasks
 from doge_from_scratch.tokenizer import DOGE_CHAT_TEMPLATE, load_tokenizer
 
 torch.manual_seed(0)
@@ -43,8 +44,9 @@ print(type(tok).__name__, "with", len(tok), "tokens")
 md("""
 ## 1. The lesson data
 
-Everything under `data/` is made by deterministic generator code in `doge_from_scratch/data.py`
-(`python -m doge_from_scratch.data` regenerates it byte for byte). Each set mimics the columns of a dataset
+Everything under `data/` is made by deterministic generator code: the tasks and their checkers in
+`doge_from_scratch/tasks.py`, the rows and files in `doge_from_scratch/data.py` (`python -m doge_from_scratch.data`
+regenerates it byte for byte). Each set mimics the columns of a dataset
 named on a Doge model card:
 
 | files | stands in for | columns |
@@ -366,7 +368,7 @@ md("""
 ## 6. Checking answers
 
 Later lessons (SFT, DPO, distillation) measure how often a model answers correctly. Every task has a
-programmatic checker, reached through one function: `check_answer(record, generated_text)`. The reply is cut
+programmatic checker, reached through one function: `tasks.check_answer(record, generated_text)`. The reply is cut
 at its first end of turn; when the record's system prompt asks for thought/solution sections, only a
 well-formed reply counts and only its solution section is checked.
 """),
@@ -375,10 +377,10 @@ code("""
 record = {"task": "compare_decimals", "answer": "3.9",
           "messages": [{"role": "user", "content": "Which number is bigger, 3.9 or 3.11?"}]}
 for reply in ["The bigger number is 3.9.", "The bigger number is 3.11.", "3.9 is bigger than 3.11", "I am not sure."]:
-    print(f"{reply!r:32s} -> {D.check_answer(record, reply)}")
+    print(f"{reply!r:32s} -> {tasks.check_answer(record, reply)}")
 reasoning_record = {**record, "messages": [{"role": "system", "content": D.REASONING_SYSTEM_PROMPT}] + record["messages"]}
 good = "<|begin_of_thought|>\\n\\n0.90 > 0.11\\n\\n<|end_of_thought|>\\n\\n<|begin_of_solution|>\\n\\n3.9\\n\\n<|end_of_solution|>"
-print(D.check_answer(reasoning_record, good), D.check_answer(reasoning_record, "3.9"))
+print(tasks.check_answer(reasoning_record, good), tasks.check_answer(reasoning_record, "3.9"))
 """),
 md("""
 Note the third reply: the checker takes the *last* number in the reply as the answer, so the data's replies
@@ -389,8 +391,8 @@ code("""
 # NBVAL_CHECK_OUTPUT
 ok = Counter()
 for row in pref:
-    ok["chosen passes"] += D.check_answer(row, row["chosen"][-1]["content"])
-    ok["rejected passes"] += D.check_answer(row, row["rejected"][-1]["content"])
+    ok["chosen passes"] += tasks.check_answer(row, row["chosen"][-1]["content"])
+    ok["rejected passes"] += tasks.check_answer(row, row["rejected"][-1]["content"])
 print(dict(ok), "of", len(pref))
 """),
 md("""

@@ -42,6 +42,7 @@ from transformers.optimization import get_wsd_schedule
 from doge_from_scratch import DogeForCausalLM
 from doge_from_scratch import data as D
 from doge_from_scratch import pretrain as P
+from doge_from_scratch import tasks
 from doge_from_scratch.paths import ARTIFACTS_DIR, PRETRAINED_DIR, PROJECT_ROOT
 from doge_from_scratch.tokenizer import load_tokenizer
 
@@ -261,10 +262,10 @@ code("""
 chat_test = D.load_lesson_dataset("chat", "test")
 correct, total = {}, {}
 for row in chat_test.select(range(80)):
-    prompt, _ = D.prompt_and_reference(row)
+    prompt, _ = tasks.prompt_and_reference(row)
     reply = P.chat_reply(model, tok, prompt, max_new_tokens=24)
     total[row["task"]] = total.get(row["task"], 0) + 1
-    correct[row["task"]] = correct.get(row["task"], 0) + D.check_answer(row, reply)
+    correct[row["task"]] = correct.get(row["task"], 0) + tasks.check_answer(row, reply)
 for task in sorted(total):
     print(f"{task:17s} {correct[task]:3d} / {total[task]:3d}")
 print(f"overall accuracy of the pretrained model: {sum(correct.values()) / sum(total.values()):.2f}")

@@ -283,7 +283,7 @@ print(settings)
 md("""
 **Before**: what does the pretrained model do with a chat prompt? We ask it the held-out questions (test split:
 problems never seen in training, and the held-out phrasings of small talk) and grade each reply with the task's
-own checker (`data.check_answer`): *accuracy* = the checker accepts the answer, *format* = the reply ends with
+own checker (`tasks.check_answer`): *accuracy* = the checker accepts the answer, *format* = the reply ends with
 `<|end_of_text|>` without starting a new turn. Greedy decoding, at most 40 new tokens.
 """),
 code("""
@@ -321,7 +321,7 @@ digits in reverse order: ...", echoes the list unreversed about two times in thr
 synthetic chat data has. Split the reversal questions by phrasing:
 """),
 code("""
-from doge_from_scratch.data import reversals_right_by_phrasing
+from doge_from_scratch.tasks import reversals_right_by_phrasing
 
 print("reversals right, SFT model:", reversals_right_by_phrasing(held_out, after["correct"]))
 """),

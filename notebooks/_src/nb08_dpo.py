@@ -258,7 +258,7 @@ reversing it when the question says "Write these digits in reverse order". The p
 the task's checker, so its rejected answers include exactly those echoes. Reversal prompts, split by phrasing:
 """),
 code("""
-from doge_from_scratch.data import reversals_right_by_phrasing
+from doge_from_scratch.tasks import reversals_right_by_phrasing
 
 print("SFT:", reversals_right_by_phrasing(prompts, sft_eval["correct"]))
 print("DPO:", reversals_right_by_phrasing(prompts, dpo_eval["correct"]))

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 import transformers
 
 from doge_from_scratch import DogeForCausalLM, distill, sft
-from doge_from_scratch.data import REASONING_SYSTEM_PROMPT, check_answer, load_lesson_dataset
+from doge_from_scratch.data import REASONING_SYSTEM_PROMPT, load_lesson_dataset
+from doge_from_scratch.tasks import check_answer
 from doge_from_scratch.paths import ARTIFACTS_DIR
 from doge_from_scratch.tokenizer import load_tokenizer
 
@@ -240,7 +241,7 @@ record: the reply must have a thought section and a solution section, and the so
 section, then a solution section).
 """),
 code("""
-from doge_from_scratch.data import is_well_formed_reasoning, prompt_and_reference
+from doge_from_scratch.tasks import is_well_formed_reasoning, prompt_and_reference
 from doge_from_scratch.generation import chat_replies
 
 questions = test_rows[:40]

@@ -51,7 +51,7 @@ import torch
 import transformers
 
 from doge_from_scratch import DogeForCausalLM, benchmarks, evaluate
-from doge_from_scratch.data import split_of
+from doge_from_scratch.tasks import split_of
 from doge_from_scratch.dpo import ensure_dpo
 from doge_from_scratch.grpo import ensure_reason_distill
 from doge_from_scratch.pretrain import ensure_pretrained
@@ -245,7 +245,7 @@ Replies are greedy chat replies (lesson 05's `chat_replies`), since IFEval promp
 model.
 """),
 code(r"""
-from doge_from_scratch.data import _cut_at_end_of_turn
+from doge_from_scratch.tasks import cut_at_end_of_turn as _cut_at_end_of_turn
 from doge_from_scratch.generation import chat_replies
 
 sft_model = DogeForCausalLM.from_pretrained(STAGES["SFT (07)"]).eval()
