@@ -236,7 +236,7 @@ def evaluate_replies(model: nn.Module, tokenizer, records: Sequence[dict[str, An
     ``batch_size`` > 1 generates that many prompts at once (left-padded; much faster, the same replies up to
     float32 round-off in the padded rows).
     """
-    from .data import check_answer, prompt_and_reference
+    from .tasks import check_answer, prompt_and_reference
     from .generation import chat_replies
 
     records = list(records)
