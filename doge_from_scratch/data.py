@@ -34,16 +34,7 @@ from .atomic import replace_folder, write_jsonl
 from .benchmarks import write_benchmarks
 from .paths import DATA_DIR
 from .tasks import TASKS, DataFormatError, Problem, ReverseDigitsTask, Task, asks_in_writer_b_phrasing
-from .tokenizer import (
-    BEGIN_SOLUTION,
-    BEGIN_THOUGHT,
-    BOS_TOKEN,
-    END_SOLUTION,
-    END_THOUGHT,
-    EOS_TOKEN,
-    START_HEADER_TOKEN,
-    train_bpe_tokenizer,
-)
+from .tokenizer import BEGIN_SOLUTION, BEGIN_THOUGHT, END_SOLUTION, END_THOUGHT, render_chat_text, train_bpe_tokenizer
 
 DATASET_KINDS = ("pretrain", "chat", "preference", "reasoning")
 SPLITS = ("train", "test")
@@ -184,15 +175,6 @@ def make_story(rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def _chat_text(messages: Sequence[Mapping[str, str]]) -> str:
-    """A conversation rendered in Doge's chat format, as raw text for the pretraining corpus (no tokenizer
-    needed; tests check it equals the tokenizer's apply_chat_template output)."""
-    parts = [BOS_TOKEN]
-    for m in messages:
-        parts.append(f"{START_HEADER_TOKEN}{m['role']}<|end_header_id|>\n{m['content']}{EOS_TOKEN}\n\n")
-    return "".join(parts)
-
-
 CORPUS_WEIGHTS = {"story": 1, "task_prose": 7, "facts": 1, "smalltalk_chat": 1, "task_chat": 1}
 CORPUS_TASK_WEIGHTS = {"addition": 1, "compare_decimals": 2, "reverse_digits": 1, "capital": 1}
 
@@ -213,7 +195,7 @@ def make_pretrain_document(rng: random.Random, split: str) -> str:
     weights = {"smalltalk": 1} if kind == "smalltalk_chat" else REASONING_TASK_WEIGHTS
     problem = _pick_task(rng, weights).sample_in_split(rng, split)
     messages = [{"role": "user", "content": problem.question}, {"role": "assistant", "content": problem.response}]
-    return _chat_text(messages).rstrip("\n")
+    return render_chat_text(messages).rstrip("\n")
 
 
 def _task_prose(rng: random.Random, split: str) -> str:
@@ -342,7 +324,7 @@ def tokenizer_training_texts(data_dir: str | Path = DATA_DIR) -> list[str]:
     """Text the tokenizer learns its merges from: the train splits, chats rendered in the chat format."""
     texts = [row["text"] for row in read_jsonl(data_file("pretrain", "train", data_dir), "pretrain")]
     for kind in ("chat", "reasoning"):
-        texts += [_chat_text(row["messages"]) for row in read_jsonl(data_file(kind, "train", data_dir), kind)]
+        texts += [render_chat_text(row["messages"]) for row in read_jsonl(data_file(kind, "train", data_dir), kind)]
     return texts
 
 

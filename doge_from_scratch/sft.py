@@ -25,6 +25,7 @@ import torch
 
 from .atomic import atomic_write_text
 from .paths import ARTIFACTS_DIR
+from .tokenizer import TURN_SEPARATOR, chat_turns
 from .train_utils import (OptimizerSettings, StageLoss, StepLog, make_optimizer, make_scheduler, step_groups, token_nll, train,
                           world_size)
 
@@ -37,7 +38,7 @@ IGNORE = -100
 
 
 def render_chat(tokenizer, messages: Sequence[Mapping[str, str]]) -> tuple[list[int], list[int]]:
-    """Doge's chat format, built piece by piece -> (token ids, assistant mask).
+    """Doge's chat format (``tokenizer.chat_turns``), encoded piece by piece -> (token ids, assistant mask).
 
     ``<|begin_of_text|>`` then per turn ``<|start_header_id|>{role}<|end_header_id|>\\n{content}<|end_of_text|>\\n\\n``.
     Every piece boundary is a special token or a line break, where byte-level BPE never merges across, so
@@ -49,17 +50,13 @@ def render_chat(tokenizer, messages: Sequence[Mapping[str, str]]) -> tuple[list[
         return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=as_text) if text else []
 
     ids, mask = [tokenizer.bos_token_id], [0]
-    for i, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        if role not in ("system", "user", "assistant"):
-            raise ValueError(f"message {i}: unknown role {role!r} (system, user or assistant)")
-        if not isinstance(content, str):
-            raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")
-        header = encode("<|start_header_id|>" + role + "<|end_header_id|>\n")
+    separator = encode(TURN_SEPARATOR)
+    for role, header, content in chat_turns(messages):
+        header_ids = encode(header)
         body = encode(content, as_text=True) + [tokenizer.eos_token_id]
-        ids += header + body + encode("\n\n")
+        ids += header_ids + body + separator
         trained = 1 if role == "assistant" else 0
-        mask += [0] * len(header) + [trained] * len(body) + [0] * len(encode("\n\n"))
+        mask += [0] * len(header_ids) + [trained] * len(body) + [0] * len(separator)
     return ids, mask
 
 

@@ -23,7 +23,7 @@ such text are tokenized exactly as before.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,54 @@ SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, START_HEADER_TOKEN, END_HEADE
 # see whether the thought/solution structure is there after skip_special_tokens=True.
 REASONING_TAGS = [BEGIN_THOUGHT, END_THOUGHT, BEGIN_SOLUTION, END_SOLUTION]
 
-# Jinja chat template. Whitespace control (`{%-`, `{{-`) keeps the template's own line breaks out of the text.
+CHAT_ROLES = ("system", "user", "assistant")
+# What closes a turn after its eos: a blank line, text (not a token), so BPE never merges it into the content.
+TURN_SEPARATOR = "\n\n"
+
+
+def turn_header(role: str) -> str:
+    """The text that opens a turn of ``role``: ``<|start_header_id|>{role}<|end_header_id|>`` and a line break."""
+    return f"{START_HEADER_TOKEN}{role}{END_HEADER_TOKEN}\n"
+
+
+# What a prompt ends with when the model is to write the next (assistant) turn.
+GENERATION_PROMPT = turn_header("assistant")
+
+
+def chat_turns(messages: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+    """Doge's chat format, turn by turn: a conversation -> [(role, header text, content)].
+
+    The one statement of the format in Python: rendered text is ``BOS_TOKEN`` then, per turn,
+    ``header + content + EOS_TOKEN + TURN_SEPARATOR`` (``render_chat_text``); ``sft.render_chat`` encodes the same
+    pieces one by one to mark the assistant's tokens; ``DOGE_CHAT_TEMPLATE`` is checked against it when a
+    tokenizer is built. Raises ValueError naming the message whose role or content is wrong.
+    """
+    turns = []
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in CHAT_ROLES:
+            raise ValueError(f"message {i}: unknown role {role!r} (system, user or assistant)")
+        if not isinstance(content, str):
+            raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")
+        turns.append((role, turn_header(role), content))
+    return turns
+
+
+def render_chat_text(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False) -> str:
+    """A conversation as text in Doge's chat format (what ``apply_chat_template(..., tokenize=False)`` returns)."""
+    text = BOS_TOKEN + "".join(header + content + EOS_TOKEN + TURN_SEPARATOR
+                               for _, header, content in chat_turns(messages))
+    return text + GENERATION_PROMPT if add_generation_prompt else text
+
+
+def _jinja_text(text: str) -> str:
+    """``text`` as a single-quoted Jinja string literal (line breaks written as escapes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+# The same format as a Jinja chat template, for transformers' apply_chat_template and TRL. Whitespace control
+# (`{%-`, `{{-`) keeps the template's own line breaks out of the text; `{% generation %}` marks what the assistant
+# wrote for return_assistant_tokens_mask.
 DOGE_CHAT_TEMPLATE = (
     "{{- bos_token }}"
     "{%- for message in messages %}"
@@ -59,16 +106,16 @@ DOGE_CHAT_TEMPLATE = (
     "{%- if message['content'] is not string %}"
     "{{- raise_exception('Doge chat format: content of message ' ~ loop.index0 ~ ' must be a string') }}"
     "{%- endif %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n' }}"
+    f"{{{{- {_jinja_text(START_HEADER_TOKEN)} + message['role'] + {_jinja_text(END_HEADER_TOKEN + chr(10))} }}}}"
     "{%- if message['role'] == 'assistant' %}"
     "{%- generation %}{{- message['content'] + eos_token }}{%- endgeneration %}"
     "{%- else %}"
     "{{- message['content'] + eos_token }}"
     "{%- endif %}"
-    "{{- '\\n\\n' }}"
+    f"{{{{- {_jinja_text(TURN_SEPARATOR)} }}}}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}"
-    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n' }}"
+    f"{{{{- {_jinja_text(GENERATION_PROMPT)} }}}}"
     "{%- endif %}"
 )
 
@@ -271,6 +318,10 @@ def wrap_tokenizer(tok: Tokenizer, model_max_length: int = 2048) -> DogeTokenize
     return fast
 
 
+# One turn of each role: enough to tell a template that renders any piece of the format differently.
+_FORMAT_PROBE = [{"role": r, "content": f"a {r} turn"} for r in CHAT_ROLES]
+
+
 def check_doge_tokenizer(tokenizer: PreTrainedTokenizerFast) -> None:
     """Raise ValueError naming the problem if `tokenizer` lacks something the lessons rely on."""
     expected = {"bos_token": (BOS_TOKEN, 0), "eos_token": (EOS_TOKEN, 1), "pad_token": (PAD_TOKEN, 2)}
@@ -285,6 +336,10 @@ def check_doge_tokenizer(tokenizer: PreTrainedTokenizerFast) -> None:
             raise ValueError(f"{tag} should be a single token, got ids {ids}")
     if not tokenizer.chat_template:
         raise ValueError("tokenizer has no chat_template")
+    rendered = tokenizer.apply_chat_template(_FORMAT_PROBE, tokenize=False, add_generation_prompt=True)
+    if rendered != render_chat_text(_FORMAT_PROBE, add_generation_prompt=True):
+        raise ValueError(f"the tokenizer's chat_template renders {rendered!r}, not Doge's chat format "
+                         f"{render_chat_text(_FORMAT_PROBE, add_generation_prompt=True)!r}")
 
 
 def load_tokenizer(path: str | Path = TOKENIZER_DIR) -> PreTrainedTokenizerFast:

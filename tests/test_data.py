@@ -11,7 +11,8 @@ import pytest
 from doge_from_scratch import data as D
 from doge_from_scratch import tasks as T
 from doge_from_scratch.paths import DATA_DIR
-from doge_from_scratch.tokenizer import BEGIN_SOLUTION, BEGIN_THOUGHT, END_SOLUTION, END_THOUGHT, load_tokenizer
+from doge_from_scratch.tokenizer import (BEGIN_SOLUTION, BEGIN_THOUGHT, END_SOLUTION, END_THOUGHT, load_tokenizer,
+                                         render_chat_text)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_loads_through_datasets_with_the_cards_columns():
 def test_chat_rows_render_like_the_tokenizer(rows):
     tok = load_tokenizer()
     for row in rows["chat", "train"][:50] + rows["reasoning", "train"][:10]:
-        assert D._chat_text(row["messages"]) == tok.apply_chat_template(row["messages"], tokenize=False)
+        assert render_chat_text(row["messages"]) == tok.apply_chat_template(row["messages"], tokenize=False)
 
 
 def _is_writer_b_echo(row, reply: str) -> bool:

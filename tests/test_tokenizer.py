@@ -12,7 +12,9 @@ from doge_from_scratch.tokenizer import (
     END_THOUGHT,
     REASONING_TAGS,
     SPECIAL_TOKENS,
+    check_doge_tokenizer,
     load_tokenizer,
+    render_chat_text,
     train_bpe_tokenizer,
 )
 
@@ -111,6 +113,23 @@ def test_bad_messages_get_clear_errors(tok):
         tok.apply_chat_template([{"role": "robot", "content": "hi"}], tokenize=False)
     with pytest.raises(Exception, match="must be a string"):
         tok.apply_chat_template([{"role": "user", "content": ["hi"]}], tokenize=False)
+
+
+def test_the_python_rendering_is_the_template_and_the_reference_layout(tok):
+    for prompt in (False, True):
+        text = render_chat_text(CONVERSATION, add_generation_prompt=prompt)
+        assert text == tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=prompt)
+        assert text == doge_format(CONVERSATION, add_generation_prompt=prompt)
+    with pytest.raises(ValueError, match="message 0: unknown role 'robot'"):
+        render_chat_text([{"role": "robot", "content": "hi"}])
+
+
+def test_a_template_that_renders_another_format_is_refused(tok):
+    drifted = train_bpe_tokenizer(["The capital of France is Paris."] * 20, vocab_size=300)
+    drifted.chat_template = tok.chat_template.replace("'\\n\\n'", "'\\n'")  # one line break between turns
+    assert drifted.chat_template != tok.chat_template
+    with pytest.raises(ValueError, match="not Doge's chat format"):
+        check_doge_tokenizer(drifted)
 
 
 def test_training_from_scratch_puts_specials_first():
