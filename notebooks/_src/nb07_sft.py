@@ -372,12 +372,14 @@ code("""
 import tempfile
 import warnings
 
-from datasets import Dataset
+from datasets import Dataset, disable_progress_bars
+from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from doge_from_scratch.train_utils import make_optimizer, make_scheduler, optimizer_step, trl_ready
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+disable_progress_bars()  # TRL's tokenize/pack passes over 48 rows: a saved page would keep their 0% bars
 trl_model = trl_ready(copy.deepcopy(pretrained))
 ours_model = copy.deepcopy(pretrained)
 args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=2, gradient_accumulation_steps=2,
@@ -389,6 +391,7 @@ args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=2, g
                  disable_tqdm=True)
 trainer = SFTTrainer(model=trl_model, args=args, train_dataset=Dataset.from_list(
     [{"messages": r["messages"]} for r in chat_train[:48]]), processing_class=tokenizer)
+trainer.remove_callback(PrinterCallback)  # it prints every log dict; the table below shows the same numbers
 consumed, weights_before = {}, {}
 trl_training_step = trainer.training_step
 def recording_step(model_, inputs, *a, **k):

@@ -158,12 +158,19 @@ def reward_metrics(c, r, ref_c, ref_r, beta=0.1):
     return {"rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
             "rewards/accuracies": (rc > rr).float().mean().item(), "rewards/margins": (rc - rr).mean().item()}
 
-d = torch.linspace(-40, 40, 401)
-plt.figure(figsize=(6, 3))
+# ipo works on per-token averages: with 10 tokens per answer its target delta is 10 / (2 beta) = 50
+ipo_target = 10 / (2 * 0.1)
+d = torch.linspace(-40, 100, 701)
+plt.figure(figsize=(7, 3))
 for kind in ("sigmoid", "hinge"):
     plt.plot(d, dpo_losses(d, torch.zeros_like(d), 0, 0, kind=kind), label=kind)
 plt.plot(d, dpo_losses(d, torch.zeros_like(d), 0, 0, kind="ipo", len_c=10, len_r=10), label="ipo (10 tokens each)")
-plt.ylim(0, 5); plt.xlabel("delta (log-ratio difference)"); plt.ylabel("loss"); plt.legend(); plt.title("beta = 0.1")
+plt.axvline(ipo_target, color="grey", ls=":", lw=1)
+plt.annotate(f"ipo minimum: delta = {ipo_target:.0f}", (ipo_target, 0.2), xytext=(ipo_target + 4, 2.5),
+             arrowprops=dict(arrowstyle="->", color="grey"), fontsize=8)
+plt.ylim(0, 5); plt.xlabel("delta (log-ratio difference)"); plt.ylabel("loss"); plt.legend(loc="upper right")
+plt.title("beta = 0.1: sigmoid keeps falling, hinge is 0 past delta = 10, ipo rises again past its target",
+          fontsize=9)
 plt.show()
 """),
 md("""
@@ -287,10 +294,13 @@ objective, for each of the three losses and for sigmoid plus the NLL term. Neede
 code("""
 import tempfile
 
-from datasets import Dataset
+from datasets import Dataset, disable_progress_bars
+from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from doge_from_scratch.train_utils import make_optimizer, optimizer_step, trl_ready
+
+disable_progress_bars()  # TRL's tokenize/filter passes over 8 rows: a saved page would keep their 0% bars
 
 def trl_one_step(loss_type, sft_weight):
     policy, ref = trl_ready(copy.deepcopy(model)), copy.deepcopy(sft_model).eval()
@@ -301,6 +311,7 @@ def trl_one_step(loss_type, sft_weight):
                      save_strategy="no", disable_tqdm=True, gradient_checkpointing=False)
     data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pref_test[:8]])
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # it prints the raw log dict; the table below compares its numbers
     seen = []
     step_fn = trainer.training_step
     def recording(m, inputs, *a, **k):
