@@ -365,8 +365,9 @@ block_gib = [(1 + 2 + 2 + 2) / 2 * min(n, 2**24 // (2 * n)) * n * 4 / 2**30 for 
 plt.figure(figsize=(6, 3))
 plt.plot(lengths, full_gib, "o-", label="full [heads, T, S] mask (reference)")
 plt.plot(lengths, block_gib, "o-", label="a block of rows at a time (chunked)")
-plt.xscale("log", base=2); plt.yscale("log"); plt.xlabel("tokens"); plt.ylabel("GiB (float32, one layer)")
-plt.legend(); plt.title("attention working set past the keep window"); plt.tight_layout(); plt.show()
+plt.xscale("log", base=2); plt.yscale("log"); plt.xlabel("tokens"); plt.ylabel("GiB (float32, one layer), computed")
+plt.legend(); plt.title("attention working set past the keep window: arithmetic, not a measurement", fontsize=9)
+plt.tight_layout(); plt.show()
 """),
 md("""
 The measured version is a benchmark, not a lesson cell: `python -m doge_from_scratch.bench dma` times one
