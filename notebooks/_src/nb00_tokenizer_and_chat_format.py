@@ -6,6 +6,9 @@ cells = [
 md("""
 # Lesson 00 - The tokenizer, Doge's chat format, and the lesson data
 
+> **Run time**: about 18 s on the project's 2-core CPU. **Uses**: nothing from earlier lessons, only the
+> committed `data/`.
+
 A language model reads integers, not text. Before any model can be trained, someone has to decide how text
 becomes a sequence of token ids - and, for a chat model, how a *conversation* becomes one long string with
 the turns marked so the model knows who is speaking and where a reply ends.

@@ -6,6 +6,8 @@ cells = [
 md("""
 # Lesson 01 - Building blocks: RMSNorm and rotary position embeddings
 
+> **Run time**: about 13 s on the project's 2-core CPU. **Uses**: nothing from earlier lessons.
+
 Every Doge layer leans on two small pieces that carry no attention and no expert logic at all, yet get
 silently wrong surprisingly often: the **RMSNorm** that keeps activations at a sane scale, and the
 **rotary position embedding (RoPE)** that tells attention where each token sits.

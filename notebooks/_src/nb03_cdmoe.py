@@ -6,6 +6,8 @@ cells = [
 md("""
 # Lesson 03 - Cross Domain Mixture of Experts (CDMoE)
 
+> **Run time**: about 13 s on the project's 2-core CPU. **Uses**: nothing from earlier lessons.
+
 A Doge layer can use a dense MLP or a **CDMoE** after its attention. CDMoE keeps the dense MLP as a *shared
 expert* that every token uses, and adds a large pool of tiny experts of which each token picks a handful.
 Its headline promise: an MoE model can start from a trained dense checkpoint and *inherit* its MLP.

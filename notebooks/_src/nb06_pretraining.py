@@ -6,6 +6,9 @@ cells = [
 md("""
 # Lesson 06 - Pretraining a tiny Doge on a CPU
 
+> **Run time**: about 320 s (5-6 minutes) on the project's 2-core CPU. **Uses**: nothing from earlier lessons;
+> it writes `artifacts/pretrained/`, which lessons 07-11 start from.
+
 The Doge models start as next-token predictors trained on a large text corpus; everything later (SFT, DPO,
 reasoning distillation) fine-tunes that pretrained network. This lesson writes the pretraining loop from
 scratch and runs it, scaled down so that it finishes in about four minutes on two CPU cores.

@@ -6,6 +6,10 @@ cells = [
 md("""
 # Lesson 08 - Direct Preference Optimisation
 
+> **Run time**: about 130 s on the project's 2-core CPU. **Uses**: lesson 07's SFT model `artifacts/sft/`
+> (built on lesson 06's). Missing ones are trained first: about 5 minutes for lesson 06's model, a few more
+> for the SFT stage.
+
 After SFT the model imitates good answers. DPO goes further: from pairs of answers to the same prompt - one
 *chosen*, one *rejected* - it learns to make the chosen one more likely **relative to** a frozen copy of itself.
 The card:

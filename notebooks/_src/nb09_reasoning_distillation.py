@@ -6,6 +6,10 @@ cells = [
 md("""
 # Lesson 09 - Reasoning distillation: sequence-level and logit-level
 
+> **Run time**: about 439 s (7-8 minutes) on the project's 2-core CPU. **Uses**: lesson 07's SFT model
+> `artifacts/sft/` (built on lesson 06's). Missing ones are trained first: about 5 minutes for lesson 06's
+> model, a few more for the SFT stage.
+
 Doge-160M-Reason-Distill is a small model that thinks before it answers. Its card says how it was made:
 
 > We build the Doge-Reason-Distill by SFT on Reason-Distill. (2 epochs, length 4096, LR 4e-4, bfloat16)

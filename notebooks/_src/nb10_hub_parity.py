@@ -6,6 +6,10 @@ cells = [
 md("""
 # Lesson 10 - Parity with the published checkpoints, a layer-by-layer debugger, and DMA on long sequences
 
+> **Run time**: about 48 s on the project's 2-core CPU. **Uses**: nothing from earlier lessons; published
+> checkpoints if they are in the local Hugging Face cache, otherwise stand-ins of the same shapes (labelled as
+> such).
+
 The series promised to check our rebuild against the weights SmallDoge published. That is harder than it
 sounds: the classic checkpoints (Doge-60M-Instruct, Doge-160M-Reason-Distill and their siblings) do not load
 in transformers 5.x, and their own remote code breaks on it. This lesson builds the tool that loads them anyway,
