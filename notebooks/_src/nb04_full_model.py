@@ -237,6 +237,57 @@ Generation A has no keep-window top-k. Its code adds the bias to the causal mask
 k = 0 and a classic checkpoint attends to every earlier token at any length. Our `classic` variant does exactly
 this (an earlier version of the package raised an error for sequences longer than the keep window).
 
+**Classic attention by hand.** Written from the formula above - no q/k norm, `A` and `dt_proj` with one entry
+per query head, the bias *added* to the 0 / minimum causal mask, and the `dynamic_mask_ratio` rule past the
+window - and checked against the package's `attention_variant="classic"` layer, once with the published
+setting (ratio 0: nothing dropped) and once with a window of 6 and ratio 0.5, where the rule drops keys:
+"""),
+code("""
+from doge_from_scratch.layers import RotaryEmbedding, apply_rotary
+
+NEG = torch.finfo(torch.float32).min
+
+
+def classic_attention(x, W, cos, sin, n_heads, n_kv, keep_window_size=2048, dynamic_mask_ratio=0.0):
+    \"\"\"Generation A's attention from its formula. x [B, T, H] -> [B, T, H]; W: the layer's weights by name.\"\"\"
+    b, t, _ = x.shape
+    d = W["q_proj.weight"].shape[0] // n_heads
+    q = F.linear(x, W["q_proj.weight"]).view(b, t, n_heads, d).transpose(1, 2)    # no q_norm
+    k = F.linear(x, W["k_proj.weight"]).view(b, t, n_kv, d).transpose(1, 2)       # no k_norm
+    v = F.linear(x, W["v_proj.weight"]).view(b, t, n_kv, d).transpose(1, 2)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    # the bias: one per *query* head, from the values of all KV heads at each key position
+    dt = F.linear(v.transpose(1, 2).reshape(b, t, n_kv * d), W["dt_proj.weight"])   # [B, S, n_heads]
+    bias = torch.exp(W["A"] * F.softplus(dt)).transpose(1, 2)                        # [B, n_heads, S]
+    drop = int((t - keep_window_size) * dynamic_mask_ratio) if t > keep_window_size else 0
+    if drop > 0:  # past the window: keys below the drop-th smallest bias (over all S) get the minimum
+        threshold = bias.sort(dim=-1).values[..., drop - 1:drop]
+        bias = bias.masked_fill(bias < threshold, NEG)
+    causal = torch.zeros(t, t).masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), NEG)
+    mask = causal + bias[:, :, None, :]                                     # *added*, not replaced
+    groups = n_heads // n_kv
+    scores = q @ k.repeat_interleave(groups, 1).transpose(-1, -2) / d ** 0.5 + mask
+    out = torch.softmax(scores, dim=-1, dtype=torch.float32) @ v.repeat_interleave(groups, 1)
+    return F.linear(out.transpose(1, 2).reshape(b, t, -1), W["o_proj.weight"])
+
+
+for window, ratio in ((2048, 0.0), (6, 0.5)):
+    cfg_a = tiny_config(attention_variant="classic", keep_window_size=window)
+    cfg_a.dynamic_mask_ratio = ratio
+    model_a = randomize_(DogeForCausalLM(cfg_a), seed=7).eval()
+    layer_a = model_a.model.layers[0].self_attn
+    x_a = torch.randn(2, 16, cfg_a.hidden_size, generator=torch.Generator().manual_seed(8))
+    cos_a, sin_a = RotaryEmbedding(cfg_a)(x_a, torch.arange(16)[None])
+    W_a = {name: p.detach() for name, p in layer_a.named_parameters()}
+    with torch.no_grad():
+        mine = classic_attention(x_a, W_a, cos_a, sin_a, cfg_a.num_attention_heads, cfg_a.num_key_value_heads,
+                                 window, ratio)
+        package = layer_a(x_a, (cos_a, sin_a))
+    print(f"keep_window_size={window:4d}, dynamic_mask_ratio={ratio}: A has {W_a['A'].numel()} entries "
+          f"(one per query head), max |hand - package| = {(mine - package).abs().max():.1e}")
+    assert torch.allclose(mine, package, atol=1e-5)
+"""),
+md("""
 transformers 5 only knows generation C. Our loader detects the generation, renames A's keys to B's, and builds
 the `classic` attention variant for A and B. We cannot download a classic checkpoint here, so we *make* one:
 a randomised classic-variant model whose tensors we store under generation A's names, with a `config.json` in
