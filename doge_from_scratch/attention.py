@@ -103,14 +103,19 @@ def has_empty_rows(allowed: torch.Tensor | None) -> bool:
     return allowed is not None and not bool(allowed.any(dim=-1).all())
 
 
+def key_bias(values: torch.Tensor, dt_weight: torch.Tensor, dt_bias: torch.Tensor | None,
+             A: torch.Tensor) -> torch.Tensor:
+    """b = exp(A * softplus(dt_proj(v))) for keys laid out flat. values: [..., n_kv * d] -> [..., n_bias]"""
+    return torch.exp(A * F.softplus(F.linear(values, dt_weight, dt_bias)))
+
+
 def dynamic_bias(value_states: torch.Tensor, dt_proj: nn.Linear, A: torch.Tensor) -> torch.Tensor:
     """The per-key bias b = exp(A * softplus(dt_proj(v))) from all KV heads of each key.
 
     value_states: [B, n_kv, S, d] -> [B, n_bias, S]
     """
     b, _, s, _ = value_states.shape
-    dt = dt_proj(value_states.transpose(1, 2).reshape(b, s, -1))
-    return torch.exp(A * F.softplus(dt)).transpose(-1, -2)
+    return key_bias(value_states.transpose(1, 2).reshape(b, s, -1), dt_proj.weight, dt_proj.bias, A).transpose(-1, -2)
 
 
 def check_dynamic_mask_ratio(ratio) -> float:

@@ -7,8 +7,9 @@ layer passes to one.
 
 What Doge adds: the dynamic-mask bias b_s = exp(A * softplus(dt_proj(v_s))) depends on the value of
 key s alone. The attention layer recomputes it from *all* cached values at every step, exactly as the
-reference does, so the cache stores nothing but keys and values. (``fast_decode`` caches the bias as
-well, since recomputing it is O(S) work per step for a number that never changes.) What the cache must
+reference does, so the cache stores nothing but keys and values. (``fast_decode`` keeps its keys and values
+in a ``StaticKVCache`` too, and caches the bias beside it, since recomputing it is O(S) work per step for a
+number that never changes.) What the cache must
 not hold is a mask: past ``keep_window_size`` the keys a query may use are chosen by ranking the biases
 of all S keys (the native top-k, or the classic ``dynamic_mask_ratio`` rule), and that choice changes
 as keys arrive, so every step rebuilds it from the full bias row.
@@ -70,7 +71,7 @@ class StaticKVCache:
 
     @classmethod
     def for_model(cls, config, batch_size: int, max_length: int, dtype: torch.dtype = torch.float32,
-                  device: str | torch.device = "cpu") -> "StaticKVCache":
+                  device: str | torch.device = "cpu") -> StaticKVCache:
         """A cache shaped for a ``DogeConfig``: num_hidden_layers x [batch, n_kv, max_length, head_dim]."""
         return cls(config.num_hidden_layers, batch_size, config.num_key_value_heads, config.head_dim,
                    max_length, dtype, device)
@@ -95,9 +96,12 @@ class StaticKVCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx]
 
-    def reset(self) -> None:
-        """Forget every position (the buffers are reused, not freed)."""
-        self.lengths = [0] * len(self.lengths)
+    def mark_filled(self, length: int) -> None:
+        """Every layer now holds ``length`` positions: for a writer that fills the buffers in place itself
+        (the fast decoder's per-token step writes all layers' slot ``length - 1`` with ``index_copy_``)."""
+        if not 0 <= length <= self.max_length:
+            raise ValueError(f"StaticKVCache holds {self.max_length} positions; cannot mark {length} filled")
+        self.lengths = [length] * len(self.lengths)
 
     def __len__(self) -> int:
         return len(self.keys)

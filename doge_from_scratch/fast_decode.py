@@ -35,9 +35,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attention import attend_bias_in_qk, attend_materialised, causal_padding_mask, dynamic_mask, repeat_kv
+from .attention import (attend_bias_in_qk, attend_materialised, causal_padding_mask, dynamic_mask, key_bias,
+                        repeat_kv)
+from .cache import StaticKVCache
 from .int8 import Int8Weight, linear, quantise
-from .moe import ACT_FNS, product_key_topk, split_router_logits
+from .layers import rms_norm, rotate
+from .moe import ACT_FNS, route_tokens, routed_experts
 
 WEIGHTS = ("float", "int8")
 # the matrices int8 decoding stores as int8: every weight read per token but the tiny dt_proj and the MoE tables
@@ -222,7 +225,7 @@ class FastDoge:
         return self.forward_tokens(self.make_stepper(b, t), input_ids, positions, None, last_only=False)
 
     # -- public ----------------------------------------------------------------------------------
-    def make_stepper(self, batch_size: int, max_length: int) -> "FastStepper":
+    def make_stepper(self, batch_size: int, max_length: int) -> FastStepper:
         return FastStepper(self, batch_size, max_length)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -239,16 +242,8 @@ class FastDoge:
 
     # -- building blocks -------------------------------------------------------------------------
     def rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The teaching RMSNorm: statistic in float32, cast back, then times the weight."""
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, x.shape[-1:], eps=self.eps) * weight
-        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype) * weight
-
-    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, heads, d]; cos/sin: [B, T, 1, d] -> rotate-half RoPE (as ``layers.apply_rotary``)."""
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+        """The teaching RMSNorm (``layers.rms_norm``). x: [..., H] -> [..., H]"""
+        return rms_norm(x, weight, self.eps)
 
     def mlp(self, layer: PackedWeights, h: torch.Tensor) -> torch.Tensor:
         """h: [B, T, H] (normed) -> [B, T, H]: shared SiLU-gated MLP (+ routed experts for MoE)."""
@@ -260,7 +255,7 @@ class FastDoge:
         return out
 
     # -- one pass over T tokens (prefill, or decode when padded / past the keep window) ----------
-    def forward_tokens(self, state: "FastStepper", input_ids: torch.Tensor, position_ids: torch.Tensor,
+    def forward_tokens(self, state: FastStepper, input_ids: torch.Tensor, position_ids: torch.Tensor,
                        attention_mask: torch.Tensor | None, last_only: bool = True) -> torch.Tensor:
         """input_ids: [B, T] written at cache slots [start, start + T) -> last-position logits [B, V] float32
         (every position's, [B, T, V], when ``last_only`` is False).
@@ -282,20 +277,18 @@ class FastDoge:
             h = self.rms(x, layer.input_norm)
             qkv = linear(h, layer.qkv, layer.qkv_bias)
             qk = qkv[..., :(nh + nkv) * d].view(b, t, nh + nkv, d)
-            qk = self.rope(qk if layer.qk_norm is None else self.rms(qk, layer.qk_norm), cos, sin)
+            qk = rotate(qk if layer.qk_norm is None else self.rms(qk, layer.qk_norm), cos, sin)
             v = qkv[..., (nh + nkv) * d:].view(b, t, nkv, d)
             q = qk[:, :, :nh].transpose(1, 2)
-            state.keys[i][:, :, start:end] = qk[:, :, nh:].transpose(1, 2)
-            state.values[i][:, :, start:end] = v.transpose(1, 2)
-            bias = torch.exp(layer.A * F.softplus(F.linear(v.reshape(b, t, nkv * d), layer.dt_weight,
-                                                           layer.dt_bias))).transpose(1, 2)  # [B, n_bias, T]
+            keys, values = state.cache.update(qk[:, :, nh:].transpose(1, 2), v.transpose(1, 2), i)
+            bias = key_bias(v.reshape(b, t, nkv * d), layer.dt_weight, layer.dt_bias, layer.A).transpose(1, 2)
             if real_new is not None and not self.classic:
                 # native: a padding key's bias is the masked value itself. Classic keeps the raw bias,
                 # because its ratio rule ranks every key, padding included, before the padding mask.
                 bias = bias.masked_fill(~real_new, self.neg)
             state.bias[i][:, :, start:end] = bias
             dt = x.dtype
-            keys, values = state.keys[i][:, :, :end].to(dt), state.values[i][:, :, :end].to(dt)
+            keys, values = keys.to(dt), values.to(dt)
             if self.classic:
                 mask = dynamic_mask(state.bias[i][:, :, :end].to(dt), allowed, self.keep_window_size, x.dtype,
                                     classic=True, dynamic_mask_ratio=self.dynamic_mask_ratio)
@@ -308,7 +301,6 @@ class FastDoge:
                 out = attend_materialised(q, keys, values, repeat_kv(mask, self.groups), self.scaling)
             x = layer.input_residual * x + linear(out.transpose(1, 2).reshape(b, t, nh * d), layer.o, layer.o_bias)
             x = layer.post_residual * x + self.mlp(layer, self.rms(x, layer.post_norm))
-        state.length = end
         return linear(self.rms(x[:, -1] if last_only else x, self.final_norm), self.lm_head, self.lm_head_bias).float()
 
     # -- the hot path: one new token per row, no padding, cache within the keep window ----------
@@ -316,8 +308,8 @@ class FastDoge:
                      keys: list[torch.Tensor], values: list[torch.Tensor], bias: list[torch.Tensor]) -> torch.Tensor:
         """tokens: [B]; cos/sin: [B, 1, d]; slot: [1] -> logits [B, V] float32, caches written at ``slot``."""
         x = self.embed_tokens(tokens)  # [B, H]
-        for i, layer in enumerate(self.layers):
-            x = self._layer_impl(x, cos, sin, slot, keys[i], values[i], bias[i], *self.layer_args[i])
+        for i, args in enumerate(self.layer_args):
+            x = self._layer_impl(x, cos, sin, slot, keys[i], values[i], bias[i], *args)
         return linear(self.rms(x, self.final_norm), self.lm_head, self.lm_head_bias).float()
 
     def _decode_layer(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor,
@@ -338,11 +330,11 @@ class FastDoge:
         nqk = (nh + nkv) * d
         qkv = linear(self.rms(x, input_norm), qkv_w, qkv_b)
         qk = qkv[:, :nqk].view(b, nh + nkv, d)
-        qk = self.rope(qk if qk_norm is None else self.rms(qk, qk_norm), cos, sin)
+        qk = rotate(qk if qk_norm is None else self.rms(qk, qk_norm), cos, sin)
         v = qkv[:, nqk:]
         keys.index_copy_(2, slot, qk[:, nh:, None].float())
         values.index_copy_(2, slot, v.view(b, nkv, 1, d).float())
-        bias.index_copy_(2, slot, torch.exp(A * F.softplus(F.linear(v, dt_w, dt_b)))[:, :, None].float())
+        bias.index_copy_(2, slot, key_bias(v, dt_w, dt_b, A)[:, :, None].float())
         # the g query heads of a KV group ride in SDPA's query-length axis: [B, n_kv, g, d] (no repeat_kv),
         # the bias row is the additive mask: [B, n_kv, 1, S] shared by the group (native) or one row per
         # query head, [B, n_kv, g, S] (classic); float32 throughout (small bfloat16 products are slow on CPUs)
@@ -359,33 +351,33 @@ class FastDoge:
 
     def _routed_experts(self, h: torch.Tensor, router, down_embed, up_embed) -> torch.Tensor:
         """h: [N, H] normed tokens -> [N, H] weighted sum of their top-k rank-one experts."""
-        halves = split_router_logits(F.linear(h, router)[:, None], self.router_split)
-        scores, experts = product_key_topk(halves, self.num_keys, self.top_k)
-        weights = F.softmax(scores, dim=-1)
-        if self.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
-        gates = torch.matmul(F.embedding(experts, down_embed), h[:, :, None]).squeeze(-1)  # [N, k]
-        gates = self.act_fn(gates) * weights
-        return torch.matmul(gates[:, None], F.embedding(experts, up_embed))[:, 0]
+        weights, experts, _ = route_tokens(F.linear(h, router)[:, None], self.num_keys, self.top_k,
+                                           self.norm_topk_prob, self.router_split)
+        return routed_experts(h, weights, experts, down_embed, up_embed, self.act_fn)
 
 
 class FastStepper:
-    """Per-call state of a ``FastDoge`` decode: preallocated keys, values and bias for every layer."""
+    """Per-call state of a ``FastDoge`` decode: the teaching model's ``StaticKVCache`` for keys and values,
+    and a preallocated bias row per layer."""
 
     def __init__(self, fast: FastDoge, batch_size: int, max_length: int) -> None:
-        shape = (batch_size, fast.num_kv_heads, max_length, fast.head_dim)
         # float32 storage whatever the weights: bfloat16 keys/values/bias are exact in it, and the
         # decode attention then runs in float32 (see FastDoge._decode_layer)
         dtype, device = torch.float32, fast.device
         self.fast = fast
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in fast.layers]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in fast.layers]
+        self.cache = StaticKVCache.for_model(fast.config, batch_size, max_length, dtype, device)
+        # the per-token step reads and writes the whole buffers (fixed shapes, see FastDoge._decode_layer)
+        self.keys, self.values = self.cache.keys, self.cache.values
         # unfilled slots hold the dtype minimum: exactly the reference's masked value
         bias_shape = (batch_size, fast.num_bias, max_length)
         self.bias = [torch.full(bias_shape, fast.neg, dtype=dtype, device=device) for _ in fast.layers]
-        self.length = 0
         self.max_length = max_length
         self.padded = False
+
+    @property
+    def length(self) -> int:
+        """Positions filled so far (the same in every layer)."""
+        return self.cache.get_seq_length()
 
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values + self.bias)
@@ -408,12 +400,12 @@ class FastStepper:
         cos, sin = fast.rope_for(position_ids)
         slot = torch.tensor([self.length], device=tokens.device)
         logits = fast._step_impl(tokens, cos, sin, slot, self.keys, self.values, self.bias)
-        self.length += 1
+        self.cache.mark_filled(self.length + 1)
         return logits
 
 
 # -- the default decoder of ``generation.generate`` ------------------------------------------------------------
-_FAST_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FAST_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def why_not_fast(model) -> str | None:

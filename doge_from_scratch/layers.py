@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import handwritten_grad
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * x / sqrt(mean(x^2) + eps)``, the statistic in float32, cast back before the weight.
+
+    x: [..., H], weight: [H] -> [..., H]. When autograd must differentiate it, the formula runs op by op (the
+    graph the reference differentiates, so gradients match it bit for bit); otherwise ATen's ``F.rms_norm``
+    evaluates the same float32 operations in one call (bit-equal on CPU, and it is what keeps the fast
+    decoder's per-token overhead low: a decoded token runs 3 norms a layer).
+    """
+    wide = x.dtype == torch.float32  # then both casts are no-ops, but each would still cost a dispatch
+    x32 = x if wide else x.to(torch.float32)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    else:
+        x32 = F.rms_norm(x32, x32.shape[-1:], eps=eps)
+    return weight * (x32 if wide else x32.to(x.dtype))
 
 
 class RMSNorm(nn.Module):
@@ -28,10 +46,7 @@ class RMSNorm(nn.Module):
         """x: [..., H] -> [..., H]"""
         if self.handwritten_grad and handwritten_grad.training(x, self.weight):
             return handwritten_grad.rms_norm(x, self.weight, self.variance_epsilon)  # same forward, shorter backward
-        dtype = x.dtype
-        x32 = x.to(torch.float32)
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x32.to(dtype)
+        return rms_norm(x, self.weight, self.variance_epsilon)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
@@ -93,7 +108,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE for any layout: x [..., d], cos/sin broadcastable to it -> x rotated by its position."""
+    return x * cos + rotate_half(x) * sin
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, heads, T, d]; cos, sin: [B, T, d] -> x rotated by its position."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos + rotate_half(x) * sin
+    return rotate(x, cos.unsqueeze(1), sin.unsqueeze(1))

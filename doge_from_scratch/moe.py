@@ -80,6 +80,28 @@ def product_key_topk(halves: torch.Tensor, num_keys: int, top_k: int) -> tuple[t
     return scores, pair_ids.gather(-1, best)
 
 
+def route_tokens(router_logits: torch.Tensor, num_keys: int, top_k: int, norm_topk_prob: bool,
+                 split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Product-key routing. router_logits: [B, T, 2K] -> (weights [B*T, k], expert ids [B*T, k], halves [2, B*T, K])."""
+    halves = split_router_logits(router_logits, split)
+    scores, experts = product_key_topk(halves, num_keys, top_k)
+    weights = F.softmax(scores, dim=-1)
+    if norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, experts, halves
+
+
+def routed_experts(tokens: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, down_embed: torch.Tensor,
+                   up_embed: torch.Tensor, act_fn) -> torch.Tensor:
+    """sum_e act(down_embed[e] . x) * w_e * up_embed[e] for each token's chosen experts.
+
+    tokens: [N, H]; weights, experts: [N, k]; down_embed, up_embed: [E, H] -> [N, H]
+    """
+    gates = torch.matmul(F.embedding(experts, down_embed), tokens[:, :, None]).squeeze(-1)  # [N, k]
+    gates = act_fn(gates) * weights
+    return torch.matmul(gates[:, None], F.embedding(experts, up_embed))[:, 0]
+
+
 class DogeCDMoE(nn.Module):
     """Shared dense expert + product-key routed rank-one experts. x: [B, T, H] -> ([B, T, H], [2, B*T, K])."""
 
@@ -103,20 +125,13 @@ class DogeCDMoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: [B, T, H] -> (weights [B*T, k], expert ids [B*T, k], router halves [2, B*T, K])."""
-        halves = split_router_logits(self.router_gate(x), self.split)
-        scores, experts = product_key_topk(halves, self.num_keys, self.top_k)
-        weights = F.softmax(scores, dim=-1)
-        if self.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
-        return weights, experts, halves
+        return route_tokens(self.router_gate(x), self.num_keys, self.top_k, self.norm_topk_prob, self.split)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, h = x.shape
         weights, experts, halves = self.route(x)
-        tokens = x.reshape(b * t, h, 1)
-        gates = torch.matmul(self.down_embed(experts), tokens).squeeze(-1)  # [B*T, k]
-        gates = self.act_fn(gates) * weights
-        routed = torch.matmul(gates.unsqueeze(1), self.up_embed(experts)).view(b, t, h)
+        routed = routed_experts(x.reshape(b * t, h), weights, experts, self.down_embed.weight, self.up_embed.weight,
+                                self.act_fn).view(b, t, h)
         shared = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
         return shared + routed, halves
 

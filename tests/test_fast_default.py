@@ -103,7 +103,8 @@ def test_fast_copy_follows_weight_updates():
     model.lm_head.weight.mul_(-1.0)
     second = fast_decoder_for(model)
     assert second is not first
-    assert torch.equal(model.generate(ids, max_new_tokens=12), model.generate(ids, max_new_tokens=12, decoder="teaching"))
+    teaching = model.generate(ids, max_new_tokens=12, decoder="teaching")
+    assert torch.equal(model.generate(ids, max_new_tokens=12), teaching)
 
 
 def test_chat_replies_and_grpo_sampler_decode_fast(tokenizer):

@@ -406,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in quality_lines(rows, lesson):
         print(line)
     summary = {"bench": "decode", "machine": machine, "new_tokens": args.new_tokens,
-               "prompt_tokens": args.prompt_tokens, "threads": args.threads, "compile": args.compile, "clock": args.clock,
+               "prompt_tokens": args.prompt_tokens, "threads": args.threads, "compile": args.compile,
+               "clock": args.clock,
                "wall_s": round(time.perf_counter() - start, 1), "rows": [r for r in rows if r["batch"] == 1],
                "batched_rows": [r for r in rows if r["batch"] != 1], "int8_quality_lesson_model": lesson}
     if args.out:
