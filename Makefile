@@ -15,7 +15,8 @@ export MPLBACKEND := Agg
 # idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning threads slow every other process
 export OMP_WAIT_POLICY := PASSIVE
 
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# the lessons in order, then the exercise solutions (each runs in seconds; they import no lesson artefacts)
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) $(sort $(wildcard notebooks/solutions/[0-9][0-9]_*.ipynb))
 
 .PHONY: install lessons test unit unit-cpus notebooks lab bench clean
 
