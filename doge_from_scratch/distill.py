@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .sft import IGNORE, count_trainable, model_inputs, sft_examples, sft_step_batches
-from .train_utils import OptimizerSettings, StageLoss, StepLog, make_optimizer, make_scheduler, train
+from .train_utils import OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, train
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,7 @@ def train_logit_distill(student, teacher, tokenizer, records: Sequence[Mapping[s
     examples = sft_examples(tokenizer, records, settings.max_length)
     steps = sft_step_batches(examples, tokenizer, settings)  # type: ignore[arg-type]
     optimizer = make_optimizer(student, settings.lr, settings.weight_decay, settings.betas)
-    scheduler = make_scheduler(optimizer, len(steps), settings.warmup, settings.min_lr_rate)
+    scheduler = cosine_schedule(optimizer, len(steps), settings.warmup, settings.min_lr_rate)
     objective = LogitDistillation(teacher, settings.beta, settings.temperature)
     return train(student, steps, objective, optimizer, scheduler, settings.max_grad_norm, progress, len(steps),
                  f"JSD beta={settings.beta}")

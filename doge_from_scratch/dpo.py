@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .paths import ARTIFACTS_DIR
-from .train_utils import (OptimizerSettings, StageLoss, StepLog, make_optimizer, make_scheduler, step_groups,
+from .train_utils import (OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, step_groups,
                           token_nll, train, world_size)
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo")
@@ -69,7 +69,8 @@ def preference_example(tokenizer, record: Mapping[str, Any]) -> dict[str, list[i
 
 def collate_preference(examples: Sequence[Mapping[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """-> input_ids, attention_mask, completion_mask: [2B, T] (chosen rows, then rejected rows), right-padded."""
-    rows = [e["prompt_ids"] + e["chosen_ids"] for e in examples] + [e["prompt_ids"] + e["rejected_ids"] for e in examples]
+    rows = ([e["prompt_ids"] + e["chosen_ids"] for e in examples]
+            + [e["prompt_ids"] + e["rejected_ids"] for e in examples])
     completion = ([[0] * len(e["prompt_ids"]) + [1] * len(e["chosen_ids"]) for e in examples]
                   + [[0] * len(e["prompt_ids"]) + [1] * len(e["rejected_ids"]) for e in examples])
     length = max(map(len, rows))
@@ -222,7 +223,7 @@ def train_dpo(model, ref_model, tokenizer, records: Sequence[Mapping[str, Any]],
                          settings.seed)
     steps = [[collate_preference(mb, tokenizer.pad_token_id) for mb in step] for step in groups]
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay, settings.betas)
-    scheduler = make_scheduler(optimizer, len(steps), settings.warmup, settings.min_lr_rate)
+    scheduler = cosine_schedule(optimizer, len(steps), settings.warmup, settings.min_lr_rate)
     objective = DPOObjective(None, settings.beta, settings.loss_type, settings.sft_weight)
     return train(model, steps, objective, optimizer, scheduler, settings.max_grad_norm, progress, len(steps), "DPO")
 

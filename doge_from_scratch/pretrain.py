@@ -36,7 +36,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from torch import nn
 
 from .atomic import atomic_save_safetensors, atomic_write_text, replace_folder
 from .config import DogeConfig
@@ -44,7 +43,7 @@ from .data import data_file, read_jsonl
 from .model import DogeForCausalLM
 from .paths import DATA_DIR, PRETRAINED_DIR, TOKENIZER_DIR
 from .tokenizer import load_tokenizer
-from .train_utils import progress_bar
+from .train_utils import make_optimizer, progress_bar
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -144,21 +143,9 @@ def wsd_lr_factor(step: int, warmup: int, stable: int, decay: int, decay_type: s
     return min_lr_ratio
 
 
-def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and embeddings only.
-
-    Vectors (RMSNorm weights, the residual scales, A) are left undecayed: pulling a residual scale or a
-    norm weight towards 0 would shrink the signal rather than regularise it.
-    """
-    decay, no_decay = [], []
-    for _, param in model.named_parameters():  # each tied tensor appears once
-        if param.requires_grad:
-            (decay if param.dim() >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=cfg.betas, eps=cfg.eps)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: PretrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def wsd_schedule(optimizer: torch.optim.Optimizer, cfg: PretrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Pretraining's schedule: ``wsd_lr_factor`` over ``cfg.phase_steps()`` (post-training uses
+    ``train_utils.cosine_schedule``)."""
     warmup, stable, decay = cfg.phase_steps()
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: wsd_lr_factor(step, warmup, stable, decay, cfg.decay_type, cfg.min_lr_ratio))
@@ -238,8 +225,8 @@ def build_state(cfg: PretrainConfig, vocab_size: int) -> TrainState:
     torch.manual_seed(cfg.seed)
     model = DogeForCausalLM(tiny_doge_config(vocab_size, **cfg.model_overrides))
     model.train()
-    optimizer = make_optimizer(model, cfg)
-    return TrainState(model, optimizer, make_scheduler(optimizer, cfg))
+    optimizer = make_optimizer(model, cfg.peak_lr, cfg.weight_decay, cfg.betas, cfg.eps, decay="matrices")
+    return TrainState(model, optimizer, wsd_schedule(optimizer, cfg))
 
 
 def lm_loss(model: DogeForCausalLM, rows: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -441,7 +428,7 @@ def _apply_current_settings(state: TrainState, cfg: PretrainConfig) -> None:
     set them from ``cfg`` so an accepted change takes effect. For an unchanged config this recomputes the
     saved values exactly (the same products), so resuming stays bit-exact.
     """
-    decays = (cfg.weight_decay, 0.0)  # make_optimizer's two groups: matrices, then vectors
+    decays = (cfg.weight_decay, 0.0)  # make_optimizer's two groups: decayed (matrices), then the rest
     factor = state.scheduler.lr_lambdas[0](state.scheduler.last_epoch)
     for group, weight_decay in zip(state.optimizer.param_groups, decays):
         group.update(weight_decay=weight_decay, betas=cfg.betas, eps=cfg.eps, initial_lr=cfg.peak_lr,

@@ -26,8 +26,8 @@ import torch
 from .atomic import atomic_write_text
 from .paths import ARTIFACTS_DIR
 from .tokenizer import TURN_SEPARATOR, chat_turns
-from .train_utils import (OptimizerSettings, StageLoss, StepLog, make_optimizer, make_scheduler, step_groups, token_nll, train,
-                          world_size)
+from .train_utils import (OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, step_groups,
+                          token_nll, train, world_size)
 
 IGNORE = -100
 
@@ -60,7 +60,8 @@ def render_chat(tokenizer, messages: Sequence[Mapping[str, str]]) -> tuple[list[
     return ids, mask
 
 
-def sft_example(tokenizer, messages: Sequence[Mapping[str, str]], max_length: int | None = None) -> dict[str, list[int]]:
+def sft_example(tokenizer, messages: Sequence[Mapping[str, str]],
+                max_length: int | None = None) -> dict[str, list[int]]:
     """input_ids and labels (the id where the assistant wrote it, -100 elsewhere), truncated to ``max_length``."""
     ids, mask = render_chat(tokenizer, messages)
     labels = [t if m else IGNORE for t, m in zip(ids, mask)]
@@ -212,7 +213,7 @@ def train_sft(model, tokenizer, records: Sequence[Mapping[str, Any]], settings: 
     examples = sft_examples(tokenizer, records, settings.max_length)
     steps = sft_step_batches(examples, tokenizer, settings)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay, settings.betas)
-    scheduler = make_scheduler(optimizer, len(steps), settings.warmup, settings.min_lr_rate)
+    scheduler = cosine_schedule(optimizer, len(steps), settings.warmup, settings.min_lr_rate)
     return train(model, steps, SFT_LOSS, optimizer, scheduler, settings.max_grad_norm, progress, len(steps), "SFT")
 
 

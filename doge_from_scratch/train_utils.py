@@ -1,4 +1,5 @@
-"""Pieces every post-training stage shares (lessons 07-09): optimizer, schedule, the accumulation loop, decoding.
+"""Pieces the training stages share: the optimizer and its weight-decay rule (pretraining too), and for the
+post-training stages (lessons 07-09) their cosine schedule, the accumulation loop and decoding.
 
 The loop is written once for SFT, DPO and distillation. Each stage supplies a function that returns, for one
 micro-batch, a *summed* loss and how many items it counted (tokens for SFT and distillation, pairs for DPO).
@@ -27,14 +28,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
-# Parameters named like these get no weight decay: the rule transformers' Trainer applies, so our runs and
-# TRL's runs decay the same tensors (biases and every norm weight; the residual scales and A do decay).
+# Which parameters get weight decay, decided in one place. Two rules, because two recipes are reproduced:
+# - "trainer": transformers' Trainer rule, by name (no decay for biases and every norm weight; the residual
+#   scales and A do decay). The post-training stages (SFT, DPO, distillation, GRPO) use it so that our runs
+#   and TRL's decay the same tensors - the parity tests compare the two step for step.
+# - "matrices": decay only tensors with two or more dimensions (projections, embeddings); every vector
+#   (norm weights, residual scales, A) stays undecayed, since pulling a residual scale or a norm weight towards
+#   0 shrinks the signal rather than regularising it. Pretraining (lesson 06) uses it.
 NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+DECAY_RULES = ("trainer", "matrices")
 
 
-def decayed_parameter_names(model: nn.Module) -> set[str]:
-    return {name for name, _ in model.named_parameters()
-            if not any(re.search(p, name.lower()) for p in NO_DECAY_PATTERNS)}
+def decayed_parameter_names(model: nn.Module, rule: str = "trainer") -> set[str]:
+    """Names of the parameters that ``rule`` (one of ``DECAY_RULES``, see above) gives weight decay."""
+    if rule == "trainer":
+        return {name for name, _ in model.named_parameters()
+                if not any(re.search(p, name.lower()) for p in NO_DECAY_PATTERNS)}
+    if rule == "matrices":
+        return {name for name, param in model.named_parameters() if param.dim() >= 2}
+    raise ValueError(f"weight-decay rule {rule!r}: expected one of {DECAY_RULES}")
 
 
 @dataclass
@@ -50,9 +62,10 @@ class OptimizerSettings:
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.95),
-                   eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW with the recipes' betas/eps; weight decay only on matrices, embeddings, residual scales and A."""
-    decayed = decayed_parameter_names(model)
+                   eps: float = 1e-8, decay: str = "trainer") -> torch.optim.AdamW:
+    """AdamW with two parameter groups: [0] the parameters ``decay`` (a rule of ``DECAY_RULES``) decays, with
+    ``weight_decay``; [1] the rest, with none. Each group keeps ``named_parameters`` order (a tied tensor once)."""
+    decayed = decayed_parameter_names(model, decay)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in params if n in decayed], "weight_decay": weight_decay},
               {"params": [p for n, p in params if n not in decayed], "weight_decay": 0.0}]
@@ -72,9 +85,9 @@ def cosine_with_min_lr(step: int, warmup_steps: int, total_steps: int, min_lr_ra
     return max(0.0, min_lr_rate + (1 - min_lr_rate) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1,
-                   min_lr_rate: float = 0.1) -> LambdaLR:
-    """The SFT recipe's schedule: ``cosine_with_min_lr`` with warmup 0.1 and min LR ratio 0.1."""
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1,
+                    min_lr_rate: float = 0.1) -> LambdaLR:
+    """The post-training recipes' schedule: ``cosine_with_min_lr`` with warmup 0.1 and min LR ratio 0.1."""
     warmup_steps = warmup_steps_for(total_steps, warmup)
     return LambdaLR(optimizer, lambda s: cosine_with_min_lr(s, warmup_steps, total_steps, min_lr_rate))
 

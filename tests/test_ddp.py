@@ -17,7 +17,7 @@ from doge_from_scratch import DogeForCausalLM, dpo, grpo, sft
 from doge_from_scratch.data import data_file, read_jsonl
 from doge_from_scratch.testing import randomize_, tiny_config
 from doge_from_scratch.tokenizer import load_tokenizer
-from doge_from_scratch.train_utils import make_optimizer, make_scheduler, optimizer_step, rank, shard, step_groups
+from doge_from_scratch.train_utils import cosine_schedule, make_optimizer, optimizer_step, rank, shard, step_groups
 
 MICRO, ACCUM, STEPS = 2, 2, 2
 
@@ -56,7 +56,7 @@ def run(stage: str, world: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
         model = torch.nn.parallel.DistributedDataParallel(model)
     objective = sft.SFT_LOSS if stage == "sft" else dpo.DPOObjective(None, beta=0.1)
     optimizer = make_optimizer(model, 1e-3)
-    scheduler = make_scheduler(optimizer, STEPS, warmup=0, min_lr_rate=0.1)
+    scheduler = cosine_schedule(optimizer, STEPS, warmup=0, min_lr_rate=0.1)
     logs = []
     for i, micro_batches in enumerate(global_steps(stage, tokenizer)):
         mine = shard(micro_batches) if world > 1 else micro_batches

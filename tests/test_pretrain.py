@@ -9,6 +9,7 @@ import torch
 
 from doge_from_scratch import pretrain as P
 from doge_from_scratch.tokenizer import load_tokenizer
+from doge_from_scratch.train_utils import make_optimizer
 
 
 def tiny_run_config(**overrides) -> P.PretrainConfig:
@@ -42,9 +43,27 @@ def test_recipe_hyperparameters():
     cfg = P.PretrainConfig()
     assert (cfg.betas, cfg.eps, cfg.weight_decay, cfg.max_grad_norm) == ((0.9, 0.95), 1e-8, 0.01, 1.0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    opt = P.make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg.peak_lr, cfg.weight_decay, cfg.betas, cfg.eps, decay="matrices")
     decayed = {id(p) for p in opt.param_groups[0]["params"]}
     assert decayed == {id(model[0].weight)} and opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_the_two_weight_decay_rules(tok):
+    # Post-training decays what transformers' Trainer decays (A and the residual scales too); pretraining only
+    # matrices. Judged on the names, against the rules as the docstrings state them.
+    from doge_from_scratch.testing import tiny_model_for
+    from doge_from_scratch.train_utils import decayed_parameter_names
+
+    model = tiny_model_for(tok)
+    names = {n for n, _ in model.named_parameters()}
+    trainer, matrices = decayed_parameter_names(model, "trainer"), decayed_parameter_names(model, "matrices")
+    vectors = {n for n, p in model.named_parameters() if p.dim() < 2}
+    assert matrices == names - vectors
+    residual_and_a = {n for n in vectors if n.endswith(("residual", ".A"))}
+    assert residual_and_a and residual_and_a <= trainer and not residual_and_a & matrices
+    assert not {n for n in names if "norm" in n} & (trainer | matrices)
+    with pytest.raises(ValueError, match="weight-decay rule 'all'"):
+        make_optimizer(model, 1e-3, decay="all")
 
 
 def test_packing_wraps_documents_and_keeps_chat_specials(tok):

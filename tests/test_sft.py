@@ -11,7 +11,7 @@ import torch
 from doge_from_scratch import sft
 from doge_from_scratch.data import data_file, read_jsonl
 from doge_from_scratch.testing import tiny_model_for
-from doge_from_scratch.train_utils import (cosine_with_min_lr, make_optimizer, make_scheduler,
+from doge_from_scratch.train_utils import (cosine_schedule, cosine_with_min_lr, make_optimizer,
                                            optimizer_step, trl_ready)
 
 
@@ -78,7 +78,7 @@ def test_cosine_with_min_lr_matches_transformers():
     from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
     param = torch.nn.Parameter(torch.zeros(1))
-    ours = make_scheduler(torch.optim.SGD([param], lr=2.0), total_steps=37, warmup=0.1, min_lr_rate=0.1)
+    ours = cosine_schedule(torch.optim.SGD([param], lr=2.0), total_steps=37, warmup=0.1, min_lr_rate=0.1)
     ref = get_cosine_with_min_lr_schedule_with_warmup(torch.optim.SGD([param], lr=2.0), num_warmup_steps=4,
                                                       num_training_steps=37, min_lr_rate=0.1)
     for _ in range(40):
@@ -145,7 +145,7 @@ def test_loss_and_grad_norm_equal_trl(trl_run):
     """Same model, batches and settings: our loop logs TRL's loss and gradient norm (1e-6 relative)."""
     model = trl_run["initial"]
     optimizer = make_optimizer(model, LR, weight_decay=0.01, betas=(0.9, 0.95), eps=1e-8)
-    scheduler = make_scheduler(optimizer, STEPS, warmup=0.1, min_lr_rate=0.1)
+    scheduler = cosine_schedule(optimizer, STEPS, warmup=0.1, min_lr_rate=0.1)
     assert len(trl_run["steps"]) == len(trl_run["logs"]) == STEPS
     for step, (log, micro_batches) in enumerate(zip(trl_run["logs"], trl_run["steps"])):
         ours = optimizer_step(model, micro_batches, sft.SFT_LOSS, optimizer, scheduler,

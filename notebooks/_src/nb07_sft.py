@@ -380,7 +380,7 @@ from datasets import Dataset, disable_progress_bars
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from doge_from_scratch.train_utils import make_optimizer, make_scheduler, optimizer_step, trl_ready
+from doge_from_scratch.train_utils import cosine_schedule, make_optimizer, optimizer_step, trl_ready
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 disable_progress_bars()  # TRL's tokenize/pack passes over 48 rows: a saved page would keep their 0% bars
@@ -409,7 +409,7 @@ trainer.train()
 trl_logs = [h for h in trainer.state.log_history if "grad_norm" in h]
 
 optimizer = make_optimizer(ours_model, args.learning_rate, 0.01, (0.9, 0.95), 1e-8)
-scheduler = make_scheduler(optimizer, len(trl_logs), warmup=0.1, min_lr_rate=0.1)
+scheduler = cosine_schedule(optimizer, len(trl_logs), warmup=0.1, min_lr_rate=0.1)
 print(f"{'step':>4}{'TRL loss':>14}{'our loss':>14}{'rel diff':>10}{'TRL |g|':>12}{'our |g|':>12}{'rel diff':>10}")
 worst = 0.0
 for step, log in enumerate(trl_logs):
