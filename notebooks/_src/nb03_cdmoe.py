@@ -240,6 +240,31 @@ plt.show()
 print(f"experts never picked: {(counts == 0).sum().item()} of 256;  load-balancing loss: {aux.item():.2f} (1.0 = balanced)")
 """),
 md("""
+**The load-balancing loss, written out** (Switch Transformer, Fedus et al. 2021, eq. 4). With `N` tokens each
+picking `k` experts, let `f_e` be the share of the `N k` picks that went to expert `e` and `P_e` the router's
+probability for `e` averaged over the tokens, the probability being the softmax over all `K * K` pair scores:
+
+$$\\mathcal{L}_{\\text{aux}} = E \\sum_{e=1}^{E} f_e \\, P_e .$$
+
+A perfectly balanced router has `f_e = P_e = 1/E` and scores exactly 1. `f_e` comes from a top-k and has no
+gradient; `P_e` carries it, so the loss lowers the probability of the experts that are picked most. Below, from
+the picks counted above and the router's scores, evaluated in float64, against the package's float32 `aux`:
+"""),
+code("""
+def switch_balance_loss(sx: torch.Tensor, sy: torch.Tensor, chosen: torch.Tensor, num_experts: int) -> torch.Tensor:
+    \"\"\"sx, sy: [N, K] row/column scores, chosen: [N, k] picked expert ids -> E * sum_e f_e * P_e.\"\"\"
+    pair_scores = (sx[:, :, None] + sy[:, None, :]).flatten(1)       # [N, K*K]; column i * K + j is expert id
+    mean_prob = pair_scores.softmax(-1).mean(0)                        # P_e
+    fraction = torch.bincount(chosen.flatten(), minlength=num_experts) / chosen.numel()   # f_e
+    return num_experts * (fraction.to(mean_prob.dtype) * mean_prob).sum()
+
+
+by_hand = switch_balance_loss(sx.double(), sy.double(), chosen, 256)
+# float32 sums over 1024 tokens and 256 experts: worst-case relative round-off about (1024 + 256) * 2**-24 = 8e-5
+print(f"by hand (float64): {by_hand.item():.6f}   package load_balancing_loss (float32): {aux.item():.6f}")
+assert abs(aux.item() - by_hand.item()) <= 8e-5 * by_hand.item()
+"""),
+md("""
 Two things to notice. The loss is still close to 1.0 although the picks are lopsided: an untrained router
 has small logits, so its probabilities over the 256 experts are nearly flat, and the loss only climbs once the
 router grows *confident* about its favourites - which is exactly when it starts to push back. And the grid
