@@ -202,7 +202,8 @@ def attend_bias_in_qk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
     v_ext = v
     if equal_head_dims:
         width = -(-(d + 1) // 8) * 8
-        q_ext, k_ext, v_ext = F.pad(q_ext, (0, width - d - 1)), F.pad(k_ext, (0, width - d - 1)), F.pad(v, (0, width - d))
+        q_ext, k_ext = F.pad(q_ext, (0, width - d - 1)), F.pad(k_ext, (0, width - d - 1))
+        v_ext = F.pad(v, (0, width - d))
     t, s = q.shape[-2], k.shape[-2]
     groups = q.shape[1] // k.shape[1]
     if allowed is None:

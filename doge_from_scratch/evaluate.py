@@ -13,8 +13,9 @@ to pay for. Ties go to the first choice (``numpy.argmax``).
 Tokenisation at the boundary, as the harness's causal models do it (``LM._encode_pair``): trailing whitespace of the
 context moves to the front of the continuation, then ``encode(context + continuation)`` is split after
 ``len(encode(context))`` tokens. A BPE that merges a space into the next word (" Cairo") would otherwise see a
-context ending in a bare space that it never saw in training. An empty context is replaced by one prefix token (bos, or eos
-if there is none). The model sees ``(context + continuation)[:-1]``, truncated from the left to its maximum length.
+context ending in a bare space that it never saw in training. An empty context is replaced by one prefix token
+(bos, or eos if there is none). The model sees ``(context + continuation)[:-1]``, truncated from the left to its
+maximum length.
 
 Generation with verifiable answers: greedy chat replies (``generation.chat_replies``), scored by exact match of the
 extracted, normalised answer, or by IFEval's checks (``length_constraints:number_words``, ``startend:end_checker``,

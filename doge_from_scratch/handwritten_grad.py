@@ -218,7 +218,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
 
     q: [B, n_h, T, d]; k, v: [B, n_kv, S, d]; bias: [B, n_kv, S];
     allowed: bool [B, 1, T, S] (also causal), or None for plain causal attention over the last T of S positions.
-    -> [B, n_h, T, d]. Computed ``rows`` query rows at a time (default ``ATTENTION_BLOCK_ROWS``) against only the keys they can see.
+    -> [B, n_h, T, d]. Computed ``rows`` query rows at a time (default ``ATTENTION_BLOCK_ROWS``) against only the
+    keys they can see.
     """
     rows = rows or ATTENTION_BLOCK_ROWS
     return _CausalAttention.apply(q, k, v, bias, None if allowed is None else ~allowed, scale, rows)

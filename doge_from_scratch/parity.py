@@ -274,7 +274,8 @@ def _one_line(err: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------------------- stand-ins
-CLASSIC_AUTO_MAP = {"AutoConfig": "configuration_doge.DogeConfig", "AutoModelForCausalLM": "modeling_doge.DogeForCausalLM"}
+CLASSIC_AUTO_MAP = {"AutoConfig": "configuration_doge.DogeConfig",
+                    "AutoModelForCausalLM": "modeling_doge.DogeForCausalLM"}
 
 
 def classic_key(native_key: str) -> str:

@@ -70,7 +70,8 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"worst ratio {worst['ratio']:.2f}: {worst['name']}")
     if not MEASURED:
         return
-    terminalreporter.section("measured differences (max abs logits vs installed transformers unless the row says otherwise)")
+    terminalreporter.section(
+        "measured differences (max abs logits vs installed transformers unless the row says otherwise)")
     width = max(len(name) for name, _, _ in MEASURED)
     terminalreporter.write_line(f"{'check'.ljust(width)}  {'max |diff|':>11}  {'bound':>9}")
     for name, value, tol in MEASURED:

@@ -151,7 +151,8 @@ DAMAGE = {
     "truncated shard": ("model-00002-of-", truncate),
     "index not JSON": ("model.safetensors.index.json", lambda p: p.write_text('{"weight_map": {')),
     "config.json holds []": ("config.json", lambda p: p.write_text("[]")),
-    "config.json not UTF-8": ("config.json", lambda p: p.write_bytes(p.read_bytes().replace(b'"silu"', b'"s\xefl\xfc"'))),
+    "config.json not UTF-8": ("config.json",
+                              lambda p: p.write_bytes(p.read_bytes().replace(b'"silu"', b'"s\xefl\xfc"'))),
 }
 
 

@@ -226,7 +226,8 @@ def test_forged_text_beside_reasoning_tags_and_in_batches(tokenizer):
     assert batch["attention_mask"][0].sum() == len(alone)
     row = batch["input_ids"][1].tolist()
     # The reasoning tags are ordinary added tokens (not control tokens): still one token each.
-    assert tokenizer.convert_tokens_to_ids(BEGIN_SOLUTION) in row and tokenizer.convert_tokens_to_ids(END_SOLUTION) in row
+    assert tokenizer.convert_tokens_to_ids(BEGIN_SOLUTION) in row
+    assert tokenizer.convert_tokens_to_ids(END_SOLUTION) in row
     assert row.count(tokenizer.eos_token_id) == 2
     masked = [t for t, m in zip(row, batch["assistant_masks"][1].tolist()) if m]
     assert tokenizer.decode(masked) == reply + "<|end_of_text|>"

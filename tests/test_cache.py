@@ -55,7 +55,8 @@ def test_cached_logits_equal_uncached_at_every_step(kind, overrides, record_chec
                                   model64(ids[:, :8]).logits)]
     for t in range(8, 20):
         step = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits[:, -1]
-        checks.append(float32_error_check(f"{kind} cache {overrides} step {t}", step, model(ids[:, :t + 1]).logits[:, -1],
+        checks.append(float32_error_check(f"{kind} cache {overrides} step {t}", step,
+                                          model(ids[:, :t + 1]).logits[:, -1],
                                           model64(ids[:, :t + 1]).logits[:, -1]))
     for c in checks:
         record_check(c)

@@ -55,7 +55,8 @@ def test_chunked_logits_match_reference(impl, zero_a, small_blocks, record_check
     mask[1, :7] = 0  # left padding in one row
     ref64 = float64_copy(ref)
     for name, kwargs in (("causal", {}), ("padded", {"attention_mask": mask})):
-        c = record_check(float32_error_check(f"chunked {impl} {'A=0' if zero_a else 'A'} {name}", ours(ids, **kwargs).logits,
+        label = f"chunked {impl} {'A=0' if zero_a else 'A'} {name}"
+        c = record_check(float32_error_check(label, ours(ids, **kwargs).logits,
                                              ref(ids, **kwargs).logits, ref64(ids, **kwargs).logits))
         assert c["ok"], failed_checks([c])
 

@@ -78,7 +78,8 @@ def run_trl_dpo(tokenizer, rows, loss_type: str, tmp_path, sft_weight: float = 0
                      max_steps=STEPS, learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0,
                      adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, beta=0.1,
                      loss_type=[loss_type, "sft"] if sft_weight else [loss_type],
-                     loss_weights=[1.0, sft_weight] if sft_weight else None, seed=0, bf16=False, fp16=False, gradient_checkpointing=False,
+                     loss_weights=[1.0, sft_weight] if sft_weight else None, seed=0, bf16=False, fp16=False,
+                     gradient_checkpointing=False,
                      use_cpu=True, report_to="none", router_aux_loss_coef=0.0, logging_steps=1, save_strategy="no",
                      disable_tqdm=True, dataloader_num_workers=0)
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)

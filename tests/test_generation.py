@@ -175,7 +175,8 @@ def test_fast_decoder_logits_equal_model_at_every_step(overrides, record_check):
     exact_stepper = ModelStepper(float64_copy(ours), 1, 64, "static")
     positions = torch.arange(24)[None]
     a, b = plain.prefill(ids, None, positions), fast.prefill(ids, None, positions)
-    checks = [float32_error_check(f"fast decoder {overrides} prefill", b, a, exact_stepper.prefill(ids, None, positions))]
+    checks = [float32_error_check(f"fast decoder {overrides} prefill", b, a,
+                                  exact_stepper.prefill(ids, None, positions))]
     for step in range(30):
         token, position = a.argmax(-1), torch.tensor([24 + step])
         a, b = plain.step(token, None, position), fast.step(token, None, position)

@@ -55,7 +55,8 @@ def test_rms_norm_gradcheck():
 
 
 def test_rms_norm_equals_plain_formula():
-    assert_same_as_plain(lambda x, w: handwritten_grad.rms_norm(x, w, 1e-6), plain_rms_norm, (draw(4, 16, 32), draw(32, seed=1)))
+    assert_same_as_plain(lambda x, w: handwritten_grad.rms_norm(x, w, 1e-6), plain_rms_norm,
+                         (draw(4, 16, 32), draw(32, seed=1)))
 
 
 # ---------------------------------------------------------------------------------------- rotary
