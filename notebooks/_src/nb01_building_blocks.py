@@ -355,6 +355,60 @@ cos300, sin300 = rotary(dummy, torch.arange(300)[None])
 assert torch.equal(layers.apply_rotary(heads, cos300, sin300), apply_rope(heads, cos300[0], sin300[0]))
 print("doge_from_scratch.layers matches the notebook exactly")
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/01_building_blocks.ipynb`.
+
+1. RMSNorm. Predict first: with `eps` left out, which inputs go wrong - large ones or tiny ones? The check's
+   second case tells you.
+2. `rotate_half`. Change one line of your solution to pair even and odd entries instead of the two halves and
+   predict whether the check still passes (it must not: Llama-style RoPE pairs halves).
+3. The dynamic NTK base. Predict `ntk_theta(1e4, 4.0, 100, 2048, 128)` before you run it.
+"""),
+code("""
+from doge_from_scratch.exercises import check_ntk_theta, check_rms_norm, check_rotate_half
+
+
+def rms_norm(x, weight, eps=1e-6):
+    \"\"\"rms_norm(x, weight, eps) -> [..., H] against layers.RMSNorm (float32, judged against float64).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_rms_norm(rms_norm)
+"""),
+code("""
+def rotate_half(x):
+    \"\"\"rotate_half(x) -> [..., d]: (x1, x2) -> (-x2, x1) over halves of the last axis (layers.rotate_half).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_rotate_half(rotate_half)
+"""),
+code("""
+def ntk_theta(theta, factor, seq_len, max_positions, head_dim):
+    \"\"\"ntk_theta(theta, factor, seq_len, max_positions, head_dim) -> float (layers.dynamic_ntk_theta): unchanged
+    up to max_positions, larger past it.\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_ntk_theta(ntk_theta)
+"""),
+md("""
+## Further reading
+
+- Su et al., *RoFormer: Enhanced Transformer with Rotary Position Embedding*,
+  [arXiv:2104.09864](https://arxiv.org/abs/2104.09864)
+- NTK-aware scaling: bloc97's 2023 r/LocalLLaMA post, and Peng et al., *YaRN: Efficient Context Window
+  Extension of Large Language Models*, [arXiv:2309.00071](https://arxiv.org/abs/2309.00071) (which reviews it)
+- Zhang and Sennrich, *Root Mean Square Layer Normalization*, NeurIPS 2019
+- Shi et al., *Wonderful Matrices* (the Doge paper), [arXiv:2412.11834](https://arxiv.org/abs/2412.11834)
+- Checked against: transformers `models/doge/modeling_doge.py` (`DogeRMSNorm`, `DogeRotaryEmbedding`) and
+  `modeling_rope_utils` (dynamic NTK); our `doge_from_scratch.layers`
+"""),
 ]
 
 if __name__ == "__main__":

@@ -363,6 +363,59 @@ with torch.no_grad():
     assert torch.allclose(mlp(xs), dense_mine, atol=1e-6)
 print("notebook == doge_from_scratch.moe (both splits) == transformers DogeCDMoE (reference split)")
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/03_cdmoe.ipynb`.
+
+1. Product-key retrieval: the k best of the K*K pairs. Predict the expert id of the pair (i=1, j=2) when K=3.
+2. The per-token router split (section 6): write the split that keeps each token's logits together.
+3. Write the Switch load-balancing loss yourself. Predict its value when routing is perfectly uniform.
+"""),
+code("""
+from doge_from_scratch.exercises import check_load_balancing_loss, check_per_token_split, check_product_key_topk
+
+
+def product_key_topk(sx, sy, k):
+    \"\"\"product_key_topk(sx, sy, k) -> (scores [N, k], expert ids [N, k]): the k best of the K*K pairs (i, j) with
+    score sx[i] + sy[j] and expert id i * K + j. sx, sy: [N, K] (moe.product_key_topk).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_product_key_topk(product_key_topk)
+"""),
+code("""
+def per_token_split(logits):
+    \"\"\"split(logits) -> [2, B*T, K]: the x and y halves of each token's own 2K router logits. logits: [B, T, 2K]
+    (moe.split_router_logits(..., "per_token")).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_per_token_split(per_token_split)
+"""),
+code("""
+def load_balancing_loss(router_halves, num_experts, top_k):
+    \"\"\"load_balancing_loss(router_halves, num_experts, top_k) -> scalar: E * sum_e f_e * P_e, f_e the share of
+    all picks that went to expert e and P_e its softmax probability over the K*K pair scores, averaged over
+    the tokens of every layer. router_halves: list of [2, N, K] (moe.load_balancing_loss).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_load_balancing_loss(load_balancing_loss)
+"""),
+md("""
+## Further reading
+
+- Lample et al., *Large Memory Layers with Product Keys*, [arXiv:1907.05242](https://arxiv.org/abs/1907.05242)
+- Fedus, Zoph, Shazeer, *Switch Transformers*, [arXiv:2101.03961](https://arxiv.org/abs/2101.03961) (the
+  auxiliary load-balancing loss)
+- Shi et al., *Wonderful Matrices* (Cross Domain MoE), [arXiv:2412.11834](https://arxiv.org/abs/2412.11834)
+- Checked against: transformers `models/doge/modeling_doge.py` (`DogeCDMoE`, `load_balancing_loss_func`); our
+  `doge_from_scratch.moe`
+"""),
 ]
 
 if __name__ == "__main__":

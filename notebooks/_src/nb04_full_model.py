@@ -434,6 +434,59 @@ for name, text in published.items():
 assert max(worst.values()) < 1e-5
 print("doge_from_scratch.model matches the notebook; sizes, checkpoints and parity hold")
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/04_full_model.ipynb`.
+
+1. The decoder layer from its parts (section 1). Where do `input_residual` and `post_attention_residual`
+   multiply?
+2. Count the parameters of a config without building the model (section 3). Predict first: does Doge-20M's
+   count change with `tie_word_embeddings=False`, and by how much?
+3. Rename a classic (generation A) tensor name to transformers' name (section 4).
+"""),
+code("""
+from doge_from_scratch.exercises import check_classic_name, check_decoder_layer, check_parameter_count
+
+
+def decoder_layer(layer, x, position_embeddings):
+    \"\"\"decoder_layer(layer, x, position_embeddings) -> [B, T, H] from the layer's parts: input_layernorm,
+    self_attn, input_residual, post_attention_layernorm, mlp, post_attention_residual (DogeDecoderLayer).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_decoder_layer(decoder_layer)
+"""),
+code("""
+def count_parameters(c):
+    \"\"\"count(config) -> int: the number of parameters of DogeForCausalLM(config) without building it (a tied
+    lm_head is the embedding, not a second matrix).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_parameter_count(count_parameters)
+"""),
+code("""
+def classic_name(key):
+    \"\"\"classic_name(key) -> key: a generation A tensor name in transformers' naming (checkpoint.classic_name).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_classic_name(classic_name)
+"""),
+md("""
+## Further reading
+
+- Shi et al., *Wonderful Matrices*, [arXiv:2412.11834](https://arxiv.org/abs/2412.11834)
+- Model cards: [SmallDoge/Doge-60M-Instruct](https://huggingface.co/SmallDoge/Doge-60M-Instruct),
+  [SmallDoge/Doge-160M-Reason-Distill](https://huggingface.co/SmallDoge/Doge-160M-Reason-Distill) (classic
+  checkpoints)
+- Checked against: transformers `models/doge/` (`DogeDecoderLayer`, `DogeForCausalLM`,
+  `configuration_doge.py`); our `doge_from_scratch.model` and `checkpoint`
+"""),
 ]
 
 if __name__ == "__main__":

@@ -348,6 +348,52 @@ assert result.final_val_loss < 0.35 * result.val_history[0]["val_loss"]
 assert all(same) and whole.val_history == resumed.val_history
 print("doge_from_scratch.pretrain matches the hand-written loop; the saved model loads in transformers with the same logits")
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/06_pretraining.ipynb`.
+
+1. The warmup-stable-decay schedule (section 3). Change `min_ratio` to 0.1 and predict the factor at step 0
+   and at the last step.
+2. One AdamW step by hand (section 4), checked against `torch.optim.AdamW`. What is the difference from Adam
+   with L2 regularisation?
+"""),
+code("""
+from doge_from_scratch.exercises import check_adamw_step, check_wsd
+
+
+def wsd(step, warmup, stable, decay, min_ratio=0.0):
+    \"\"\"wsd(step, warmup, stable, decay, min_ratio) -> float: the learning-rate factor of a warmup-stable- decay
+    schedule with a cosine decay (pretrain.wsd_lr_factor), at every step of three schedules.\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_wsd(wsd)
+"""),
+code("""
+def adamw_step(param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, weight_decay):
+    \"\"\"adamw_step(param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, weight_decay) -> (param, exp_avg,
+    exp_avg_sq): optimizer step number step (1 for the first) of torch.optim.AdamW, decoupled weight decay and
+    bias correction included.\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_adamw_step(adamw_step)
+"""),
+md("""
+## Further reading
+
+- Loshchilov and Hutter, *Decoupled Weight Decay Regularization* (AdamW),
+  [arXiv:1711.05101](https://arxiv.org/abs/1711.05101)
+- Hu et al., *MiniCPM* (the warmup-stable-decay schedule),
+  [arXiv:2404.06395](https://arxiv.org/abs/2404.06395)
+- Shi et al., *Wonderful Matrices*, [arXiv:2412.11834](https://arxiv.org/abs/2412.11834), and the
+  SmallDoges/small-doge training recipes
+- Checked against: `torch.optim.AdamW`; our `doge_from_scratch.pretrain`
+"""),
 ]
 
 if __name__ == "__main__":

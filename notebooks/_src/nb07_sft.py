@@ -449,6 +449,61 @@ assert all(abs(package_schedule(s, 10, 100) - cosine_with_min_lr(s, 10, 100)) < 
 assert after["format"] >= max(before["format"], 0.9) and after["accuracy"] > before["accuracy"]
 print("doge_from_scratch.sft matches the notebook; SFT keeps the chat format and improves accuracy on held-out prompts")
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/07_sft.ipynb`.
+
+1. The SFT loss per token. Predict: for a batch with one 1-token answer and one 7-token answer, which weighs
+   more, per token and per sequence?
+2. The loss of an optimizer step made of several micro-batches (section 3), as TRL's `num_items_in_batch`
+   does.
+3. Position ids of a packed row (section 2).
+"""),
+code("""
+from doge_from_scratch.exercises import check_packed_positions, check_sft_loss, check_step_loss
+
+
+def sft_loss(logits, labels):
+    \"\"\"sft_loss(logits, labels) -> scalar: logits[t] predicts labels[t + 1]; the summed NLL over every label that
+    is not -100, divided by how many there are in the whole batch (model.causal_lm_loss).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_sft_loss(sft_loss)
+"""),
+code("""
+def step_loss(micro_batches):
+    \"\"\"step_loss(micro_batches) -> scalar: the loss of one optimizer step made of several micro-batches, each a
+    (logits, labels) pair - every trained token of the step weighs the same (TRL's num_items_in_batch:
+    model.causal_lm_loss with the step's token count).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_step_loss(step_loss)
+"""),
+code("""
+def packed_positions(lengths, length):
+    \"\"\"packed_positions(lengths, length) -> [length] int64: the position ids of one packed row holding examples
+    of these lengths, restarting at 0 for each; padding up to length gets 0 (sft.collate_packed).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_packed_positions(packed_positions)
+"""),
+md("""
+## Further reading
+
+- Llama Team, *The Llama 3 Herd of Models*, [arXiv:2407.21783](https://arxiv.org/abs/2407.21783) (the chat
+  format)
+- Model card: [SmallDoge/Doge-60M-Instruct](https://huggingface.co/SmallDoge/Doge-60M-Instruct) (SFT on
+  SmolTalk, then DPO)
+- Checked against: trl `SFTTrainer` (1.16) and transformers' `num_items_in_batch` loss; our
+  `doge_from_scratch.sft`
+"""),
 ]
 
 if __name__ == "__main__":

@@ -378,6 +378,60 @@ assert held_metrics_after["rewards/accuracies"] > held_metrics_before["rewards/a
 assert held_metrics_after["rewards/margins"] > held_metrics_before["rewards/margins"]
 print("doge_from_scratch.dpo matches the notebook; held-out preference accuracy and margin rose")
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/08_dpo.ipynb`.
+
+1. Sequence log-probs: a sum over completion tokens, not a mean.
+2. The sigmoid DPO loss. Flip the sign of the margin and predict what training would do to the chosen answers.
+3. Write IPO's loss yourself, with TRL's length normalisation.
+"""),
+code("""
+from doge_from_scratch.exercises import check_dpo_loss, check_ipo_loss, check_sequence_logps
+
+
+def sequence_logps(logits, input_ids, completion_mask):
+    \"\"\"sequence_logps(logits, input_ids, completion_mask) -> [B]: the SUM of log p(token) over each row's
+    completion tokens, token t read from logits[t - 1]. logits [B, T, V]; input_ids, completion_mask [B, T]
+    (dpo.sequence_logps).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_sequence_logps(sequence_logps)
+"""),
+code("""
+def dpo(chosen, rejected, ref_chosen, ref_rejected, beta):
+    \"\"\"dpo(chosen, rejected, ref_chosen, ref_rejected, beta) -> [B]: -log sigmoid(beta * ((chosen - ref_chosen) -
+    (rejected - ref_rejected))) per pair, all inputs [B] sequence log-probs (dpo.dpo_loss).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_dpo_loss(dpo)
+"""),
+code("""
+def ipo(chosen, rejected, ref_chosen, ref_rejected, beta, chosen_lengths, rejected_lengths):
+    \"\"\"ipo(chosen, rejected, ref_chosen, ref_rejected, beta, chosen_lengths, rejected_lengths) -> [B]: IPO's
+    squared loss (h - 1/(2 beta))^2 with h the difference of the per-token (length-averaged) log-ratios, as
+    TRL computes it (dpo.dpo_loss(loss_type="ipo")).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_ipo_loss(ipo)
+"""),
+md("""
+## Further reading
+
+- Rafailov et al., *Direct Preference Optimization*, [arXiv:2305.18290](https://arxiv.org/abs/2305.18290)
+- Azar et al., *A General Theoretical Paradigm to Understand Learning from Human Preferences* (IPO),
+  [arXiv:2310.12036](https://arxiv.org/abs/2310.12036)
+- Model card: [SmallDoge/Doge-60M-Instruct](https://huggingface.co/SmallDoge/Doge-60M-Instruct) (DPO on
+  UltraFeedback)
+- Checked against: trl `DPOTrainer` (1.16, `loss_type` sigmoid / ipo / hinge); our `doge_from_scratch.dpo`
+"""),
 ]
 
 if __name__ == "__main__":

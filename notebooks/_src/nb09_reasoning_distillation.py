@@ -370,6 +370,49 @@ assert min(forced["student, sequence-level"]["solution_exact"], best_exact) > \
     forced["student, no distillation"]["solution_exact"]
 print("doge_from_scratch.distill matches the notebook; both distillations beat the undistilled student")
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/09_reasoning_distillation.ipynb`.
+
+1. KL(p || q) from log-probabilities. Predict: is KL(p || q) equal to KL(q || p)?
+2. The generalized Jensen-Shannon divergence, with its two limits beta = 0 and beta = 1.
+"""),
+code("""
+from doge_from_scratch.exercises import check_generalized_jsd, check_kl
+
+
+def kl(log_p, log_q):
+    \"\"\"kl(log_p, log_q) -> [...]: KL(p || q) = sum_v p (log p - log q) over the last axis, from log-probabilities
+    (distill._kl).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_kl(kl)
+"""),
+code("""
+def jsd(student_logits, teacher_logits, beta):
+    \"\"\"jsd(student_logits, teacher_logits, beta) -> [...]: with m = (1 - beta) p_s + beta p_t, beta KL(p_t || m)
+    + (1 - beta) KL(p_s || m); beta = 0 is KL(p_t || p_s), beta = 1 KL(p_s || p_t) (distill.generalized_jsd,
+    TRL's GKD loss).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_generalized_jsd(jsd)
+"""),
+md("""
+## Further reading
+
+- Agarwal et al., *On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes* (GKD),
+  [arXiv:2306.13649](https://arxiv.org/abs/2306.13649)
+- Kim and Rush, *Sequence-Level Knowledge Distillation*, [arXiv:1606.07947](https://arxiv.org/abs/1606.07947)
+- Model card: [SmallDoge/Doge-160M-Reason-Distill](https://huggingface.co/SmallDoge/Doge-160M-Reason-Distill)
+  (its system prompt and thought / solution format)
+- Checked against: trl `GKDTrainer.generalized_jsd_loss`; our `doge_from_scratch.distill`
+"""),
 ]
 
 if __name__ == "__main__":

@@ -406,6 +406,49 @@ print("doge_from_scratch.debug, parity and the chunked backend match the noteboo
 code("""
 shutil.rmtree(work, ignore_errors=True)
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/10_hub_parity.ipynb`.
+
+1. Expand a classic GQA checkpoint's KV heads to one per query head (section 2). Predict what `.repeat`
+   instead of `repeat_interleave` would break.
+2. Find the first module whose output differs (section 3), with a tolerance rather than exact equality.
+"""),
+code("""
+from doge_from_scratch.exercises import check_expand_kv, check_first_divergence
+
+
+def expand_kv(k_weight, n_heads, n_kv, head_dim):
+    \"\"\"expand_kv(k_weight, n_heads, n_kv, head_dim) -> [n_heads * head_dim, H]: the rows of KV head j copied to
+    query heads j*g .. j*g+g-1, g = n_heads / n_kv (parity.expand_kv_heads). k_weight: [n_kv * head_dim, H].\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_expand_kv(expand_kv)
+"""),
+code("""
+def first_divergence(ours, reference, rtol, atol):
+    \"\"\"first_divergence(ours, reference, rtol, atol) -> str | None: the first module name, in the order the dicts
+    were recorded (the forward order), whose outputs are not within torch.allclose(rtol, atol) of the
+    reference's; None when all agree. The answers are known by construction: one output is perturbed.\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_first_divergence(first_divergence)
+"""),
+md("""
+## Further reading
+
+- Shi et al., *Wonderful Matrices*, [arXiv:2412.11834](https://arxiv.org/abs/2412.11834)
+- Model cards: [SmallDoge/Doge-60M-Instruct](https://huggingface.co/SmallDoge/Doge-60M-Instruct),
+  [SmallDoge/Doge-160M-Reason-Distill](https://huggingface.co/SmallDoge/Doge-160M-Reason-Distill)
+- Checked against: transformers `models/doge/` and each checkpoint's own remote code; our
+  `doge_from_scratch.parity` and `debug`
+"""),
 ]
 
 if __name__ == "__main__":
