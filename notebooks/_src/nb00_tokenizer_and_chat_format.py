@@ -416,6 +416,63 @@ assert retrained.chat_template == tok.chat_template == DOGE_CHAT_TEMPLATE
 assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2)
 print("doge_from_scratch.tokenizer reproduces data/tokenizer; vocabulary size", len(retrained))
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/00_tokenizer_and_chat_format.ipynb`.
+
+1. Write one BPE merge step. Before running the check, predict what `merge(['a', 'a', 'a'], ('a', 'a'))` must
+   return.
+2. Render a chat as text, exactly as the tokenizer's chat template does (section 4).
+3. Build the token ids and the assistant-only mask of a chat (section 5). Which tokens of an assistant turn
+   are trained, and is its `<|end_of_text|>` one of them?
+"""),
+code("""
+from doge_from_scratch.exercises import check_assistant_mask, check_chat_template, check_merge
+
+
+def merge(symbols, pair):
+    \"\"\"merge(symbols, pair) -> symbols: every occurrence of pair, read left to right without overlapping, becomes
+    one symbol. The expected answers are written out by hand.\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_merge(merge)
+"""),
+code("""
+def render(messages, add_generation_prompt=False):
+    \"\"\"render(messages, add_generation_prompt=False) -> str equal to the tokenizer's chat template text.\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_chat_template(render)
+"""),
+code("""
+def assistant_mask(tokenizer, messages):
+    \"\"\"fn(tokenizer, messages) -> (ids, mask): the chat's token ids and 1 on exactly the tokens the assistant
+    wrote (its text and the <|end_of_text|> closing its turn), as sft.render_chat.\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_assistant_mask(assistant_mask)
+"""),
+md("""
+## Further reading
+
+- Sennrich, Haddow, Birch, *Neural Machine Translation of Rare Words with Subword Units* (BPE),
+  [arXiv:1508.07909](https://arxiv.org/abs/1508.07909)
+- Radford et al., *Language Models are Unsupervised Multitask Learners* (GPT-2, 2019): the byte-level alphabet
+  and pre-tokenizer
+- Llama Team, *The Llama 3 Herd of Models*, [arXiv:2407.21783](https://arxiv.org/abs/2407.21783): the header /
+  end-of-turn chat format Doge uses
+- Model card: [SmallDoge/Doge-60M-Instruct](https://huggingface.co/SmallDoge/Doge-60M-Instruct) (its chat
+  template and special tokens)
+- Checked against: the `tokenizers` library's BPE trainer and transformers' `apply_chat_template`; our
+  `doge_from_scratch.tokenizer` and `sft.render_chat`
+"""),
 ]
 
 if __name__ == "__main__":

@@ -368,6 +368,65 @@ with torch.no_grad():
     layer.backend, layer.keep_window_size = "auto", config.keep_window_size
 print("doge_from_scratch.attention matches the notebook (fused and materialised, with and without top-k)")
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/02_dynamic_mask_attention.ipynb`.
+
+1. Plain causal attention. Predict what changes in the output if the softmax runs over the queries (dim=-2)
+   instead of the keys.
+2. The dynamic bias from the values (section 3): mind the order in which the KV heads of one key are
+   concatenated.
+3. The keep-window mask (section 4). Does it matter whether the forbidden positions are filled before or after
+   the top-k? Predict, then let the check's second case answer.
+"""),
+code("""
+from doge_from_scratch.exercises import check_causal_attention, check_dynamic_bias, check_dynamic_mask
+
+
+def causal_attention(q, k, v):
+    \"\"\"causal_attention(q, k, v) -> [B, H, T, d]: softmax(q k^T / sqrt(d)) v, each query seeing itself and the
+    keys before it. q, k, v: [B, H, T, d] (as many key heads as query heads).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_causal_attention(causal_attention)
+"""),
+code("""
+def dynamic_bias(v, dt_weight, A):
+    \"\"\"dynamic_bias(v, dt_weight, A) -> [B, n_kv, S]: exp(A * softplus(dt)) with dt = the values of all KV heads
+    of a key, concatenated head after head, times dt_weight^T. v: [B, n_kv, S, d]; dt_weight: [n_kv, n_kv *
+    d]; A: [n_kv] (attention.dynamic_bias).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_dynamic_bias(dynamic_bias)
+"""),
+code("""
+def dynamic_mask(bias, allowed, keep_window_size):
+    \"\"\"dynamic_mask(bias, allowed, keep_window_size) -> [B, h, T, S] in float32: the bias on every allowed key,
+    float32's minimum on every forbidden one, then only the keep_window_size largest entries of each row kept
+    (the rest set to the minimum) when S > keep_window_size. bias: [B, h, S]; allowed: bool [B, 1, T, S]
+    (attention.dynamic_mask).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_dynamic_mask(dynamic_mask)
+"""),
+md("""
+## Further reading
+
+- Shi et al., *Wonderful Matrices* (Dynamic Mask Attention),
+  [arXiv:2412.11834](https://arxiv.org/abs/2412.11834)
+- Vaswani et al., *Attention Is All You Need*, [arXiv:1706.03762](https://arxiv.org/abs/1706.03762)
+- Ainslie et al., *GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints*,
+  [arXiv:2305.13245](https://arxiv.org/abs/2305.13245)
+- Checked against: transformers `models/doge/modeling_doge.py` (`DogeAttention`, `flex_attention_forward` /
+  eager path); our `doge_from_scratch.attention`
+"""),
 ]
 
 if __name__ == "__main__":

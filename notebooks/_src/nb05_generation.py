@@ -541,6 +541,61 @@ assert torch.equal(top_p_filter(logits[None], 0.5)[0], my_top_p(logits, 0.5))
 assert torch.equal(top_k_filter(logits[None], 3)[0], my_top_k(logits, 3))
 print("package KVCache, top-k and top-p equal the notebook's versions")
 """),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/05_generation.ipynb`.
+
+1. The repetition penalty. Predict what happens to a seen token with a negative logit if you divide it by the
+   penalty.
+2. Top-k filtering.
+3. Top-p (nucleus) filtering: keep the smallest set of likely tokens reaching p, never an empty one.
+"""),
+code("""
+from doge_from_scratch.exercises import check_repetition_penalty, check_top_k, check_top_p
+
+
+def repetition_penalty(scores, seen, penalty):
+    \"\"\"repetition_penalty(scores, seen, penalty) -> [B, V]: every seen token made less likely - a positive logit
+    divided by the penalty, a negative one multiplied (generation.apply_repetition_penalty). scores: [B, V];
+    seen: bool [B, V].\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_repetition_penalty(repetition_penalty)
+"""),
+code("""
+def top_k(scores, k):
+    \"\"\"top_k(scores, k) -> [B, V]: the k largest scores of each row kept, the rest -inf
+    (generation.top_k_filter).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_top_k(top_k)
+"""),
+code("""
+def top_p(scores, p):
+    \"\"\"top_p(scores, p) -> [B, V]: the smallest set of most likely tokens whose probability reaches p kept
+    (always at least one), the rest -inf (generation.top_p_filter).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_top_p(top_p)
+"""),
+md("""
+## Further reading
+
+- Holtzman et al., *The Curious Case of Neural Text Degeneration* (nucleus sampling),
+  [arXiv:1904.09751](https://arxiv.org/abs/1904.09751)
+- Keskar et al., *CTRL* (the repetition penalty), [arXiv:1909.05858](https://arxiv.org/abs/1909.05858)
+- Model card: [SmallDoge/Doge-60M-Instruct](https://huggingface.co/SmallDoge/Doge-60M-Instruct) (its
+  generation example and CPU speeds)
+- Checked against: transformers `generation/logits_process.py` and `DogeForCausalLM.generate`; our
+  `doge_from_scratch.generation`
+"""),
 ]
 
 if __name__ == "__main__":
