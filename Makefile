@@ -44,6 +44,7 @@ lessons: install
 
 unit: install
 	$(BIN)/ruff check doge_from_scratch tests notebooks/_src
+	$(BIN)/ruff check $(NOTEBOOKS)
 	$(BIN)/python -m pytest -q tests
 
 # The unit tests under other ATen CPU kernels and thread counts (CI runs this after `make test`): float32
