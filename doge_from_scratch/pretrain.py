@@ -648,6 +648,13 @@ def chat_reply(model: DogeForCausalLM, tokenizer, messages: list[dict[str, str]]
     return reply_with_specials(model, tokenizer, messages, max_new_tokens, skip_special_tokens=True).strip()
 
 
+# The lesson-06 model shipped in data/ so that lessons 02-05 look at trained weights without training first.
+# Made by `python -m doge_from_scratch.pretrain --out data/tiny-doge --save-dtype bfloat16` (the default recipe,
+# seeded; bfloat16 on disk keeps it near 3 MB, and from_pretrained loads it as float32).
+TINY_DOGE_DIR = DATA_DIR / "tiny-doge"
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Pretrain the lessons' tiny Doge and save it.")
     parser.add_argument("--out", default=str(PRETRAINED_DIR))
@@ -655,10 +662,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--checkpoints", default=None, help="folder for resumable checkpoints")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--save-dtype", choices=sorted(SAVE_DTYPES), default="float32",
+                        help="dtype of the saved weights (training is unchanged); bfloat16 halves the file, which "
+                             f"is how {TINY_DOGE_DIR.relative_to(DATA_DIR.parent)} is shipped")
     args = parser.parse_args(argv)
     cfg = PretrainConfig(max_steps=args.steps, bf16=args.bf16)
     tokenizer = load_tokenizer()
     result = pretrain(cfg, tokenizer, checkpoint_dir=args.checkpoints, resume=args.resume)
+    result.model.to(SAVE_DTYPES[args.save_dtype])
     save_pretrained_model(result, tokenizer, args.out, cfg)
     print(json.dumps({"final_val_loss": result.final_val_loss, "tokens_per_second": result.tokens_per_second,
                       "seconds": result.seconds, "out": args.out}))
