@@ -14,7 +14,7 @@ For every published size (random weights, the same in both implementations) and 
   decodes through the model's ``FastDoge`` copy (fused weights, preallocated cache, no mask), eager;
 - ``int8`` (the ``int8`` weight format): ``FastDoge(model, weights="int8")``, int8 weights with one scale per
   output channel (``doge_from_scratch.int8``), the rest of the decoder in float32;
-- ``compiled`` (with ``--compile``): the same fast decoder with its per-token step compiled;
+- ``compiled`` (with ``--compile``): the same fast decoder (float or int8) with its per-token step compiled;
 - ``transformers``: ``transformers.DogeForCausalLM.generate`` (sdpa attention, greedy, its own cache), on
   float32 weights for the int8 rows;
 - ``floor``: the weight matrix products alone for one token (fused q/k/v, o, gate/up, down per layer, and
@@ -212,10 +212,11 @@ def decoders(model, weights: str, compile_step: bool) -> dict:
     from ..fast_decode import FastDoge
 
     if weights == "int8":
-        return {"int8": FastDoge(model, weights="int8")}
-    paths = {"generate": model}
+        paths = {"int8": FastDoge(model, weights="int8")}
+    else:
+        paths = {"generate": model}
     if compile_step:
-        paths["compiled"] = FastDoge(model, compile=True)
+        paths["compiled"] = FastDoge(model, compile=True, weights="int8" if weights == "int8" else "float")
     return paths
 
 
@@ -263,8 +264,7 @@ def bench_one(size: str, weights: str, args) -> list[dict]:
     from ..generation import generate
 
     model, reference = build_pair(size, DTYPES[weights])
-    compile_step = weights != "int8" and (args.compile == "step" or
-                                         (args.compile == "auto" and model.config.num_hidden_layers <= 16))
+    compile_step = args.compile == "step" or (args.compile == "auto" and model.config.num_hidden_layers <= 16)
     ours = decoders(model, weights, compile_step)
     main = "int8" if weights == "int8" else "generate"
     fast = ours["int8"] if weights == "int8" else fast_decoder_for(model)
