@@ -37,7 +37,7 @@ SOLVED = [(f"{stem}:{e.check}", e, module) for stem, module in _solution_modules
 @pytest.mark.parametrize("exercise,module", [(e, m) for _, e, m in SOLVED], ids=[i for i, _, _ in SOLVED])
 def test_solution_passes(exercise, module):
     namespace: dict = {}
-    exec(SOLBUILD.SETUP, namespace)
+    exec(SOLBUILD.setup(module.EXERCISES), namespace)
     for earlier in module.EXERCISES:  # later solutions may use earlier ones (jsd uses kl), as in the notebook
         exec(earlier.source, namespace)
         if earlier is exercise:

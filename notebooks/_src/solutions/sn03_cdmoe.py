@@ -5,7 +5,6 @@ from solbuild import Exercise, build
 EXERCISES = [
     Exercise("1. Product-key top-k", "check_product_key_topk", "product_key_topk", r'''
 def product_key_topk(sx, sy, k):
-    num_keys = sx.shape[-1]
     scores = (sx[:, :, None] + sy[:, None, :]).flatten(1)  # pair (i, j) sits at i * K + j: its expert id
     return scores.topk(k, dim=-1)
 '''),

@@ -15,8 +15,6 @@ from typing import NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nbbuild import NOTEBOOKS, code, md, write_notebook  # noqa: E402
 
-SETUP = "import math\n\nimport torch\nimport torch.nn.functional as F\n"
-
 
 class Exercise(NamedTuple):
     heading: str
@@ -25,11 +23,22 @@ class Exercise(NamedTuple):
     source: str
 
 
+IMPORTS = [("math.", "import math"), ("torch.", "import torch"), ("F.", "import torch.nn.functional as F")]
+
+
+def setup(exercises: list[Exercise]) -> str:
+    """The imports the solutions use (an unused one would fail ruff on the executed notebook)."""
+    text = "".join(e.source for e in exercises)
+    lines = [line for marker, line in IMPORTS if marker in text]
+    return ("import math\n\n" if "import math" in lines else "") + "".join(
+        line + "\n" for line in lines if line != "import math")
+
+
 def build(name: str, title: str, exercises: list[Exercise]) -> Path:
     (NOTEBOOKS / "solutions").mkdir(exist_ok=True)
     checks = ", ".join(sorted({e.check for e in exercises}))
     cells = [md(f"# Solutions - {title}\n\nOne way to solve each exercise of the lesson, run through its check."),
-             code(SETUP + f"\nfrom doge_from_scratch.exercises import {checks}")]
+             code(setup(exercises) + f"\nfrom doge_from_scratch.exercises import {checks}")]
     for e in exercises:
         cells += [md(f"## {e.heading}"), code(f"{e.source.strip()}\n\n\n{e.check}({e.function}).require()")]
     return write_notebook(f"solutions/{name}", cells)
