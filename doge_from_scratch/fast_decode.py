@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .attention import (attend_bias_in_qk, attend_materialised, causal_padding_mask, dynamic_mask, key_bias,
                         repeat_kv)
@@ -409,6 +410,15 @@ class FastStepper:
 _FAST_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _forget_fast_copies(optimizer, args, kwargs) -> None:
+    # the fused optimizers write parameters without bumping their version counters, so after any optimizer
+    # step no copy is trusted (each is rebuilt on its model's next generate: one pass over the weights)
+    _FAST_COPIES.clear()
+
+
+register_optimizer_step_post_hook(_forget_fast_copies)
+
+
 def why_not_fast(model) -> str | None:
     """Why ``generate`` must run the teaching model itself, or None when the fast decoder gives its numbers.
 
@@ -428,7 +438,10 @@ def why_not_fast(model) -> str | None:
 
 
 def _weights_signature(model) -> tuple:
-    # every in-place write to a parameter (optimizer steps, load_state_dict, .to()) bumps its version counter
+    # in-place writes through the parameter (load_state_dict, randomize_, the for-loop/foreach optimizers) bump
+    # its version counter, .to() and ``p.data = ...`` change the storage; optimizer steps also clear the copies.
+    # Writes through ``p.data`` in place are invisible to both: after those, pass decoder="teaching" or call
+    # ``forget_fast_copy(model)``.
     return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
 
 
@@ -445,3 +458,8 @@ def fast_decoder_for(model) -> FastDoge:
     fast = FastDoge(model)
     _FAST_COPIES[model] = (signature, fast)
     return fast
+
+
+def forget_fast_copy(model) -> None:
+    """Drop the model's cached fast copy (after writing its weights in a way the version counters miss)."""
+    _FAST_COPIES.pop(model, None)

@@ -107,6 +107,21 @@ def test_fast_copy_follows_weight_updates():
     assert torch.equal(model.generate(ids, max_new_tokens=12), teaching)
 
 
+@pytest.mark.parametrize("optimizer", ["for-loop", "fused"])
+def test_fast_copy_follows_optimizer_steps(optimizer):
+    """A fused AdamW writes the weights without bumping their version counters; the step hook still drops the copy."""
+    model = make_model()
+    ids = prompt(length=8)
+    stale = model.generate(ids, max_new_tokens=12)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, foreach=False, fused=optimizer == "fused")
+    model(ids, labels=ids).loss.backward()
+    opt.step()
+    model.eval()
+    fresh = model.generate(ids, max_new_tokens=12)
+    assert torch.equal(fresh, model.generate(ids, max_new_tokens=12, decoder="teaching"))
+    assert not torch.equal(fresh, stale)  # the step changed the greedy continuation, so a stale copy would show
+
+
 def test_chat_replies_and_grpo_sampler_decode_fast(tokenizer):
     from doge_from_scratch.generation import chat_replies
     from doge_from_scratch.grpo import sample_groups
