@@ -6,6 +6,9 @@ cells = [
 md("""
 # Lesson 05 - Generation: KV cache, sampling, streaming and a fast CPU decoder
 
+> **Run time**: about 26 s on the project's 2-core CPU. **Uses**: the trained tiny Doge committed in
+> `data/tiny-doge` (no training here).
+
 A language model gives next-token logits. Generation turns that into text: pick a token, append it, ask
 again. This lesson builds the machinery of the model cards' first code block from first principles:
 
@@ -38,7 +41,9 @@ import torch.nn.functional as F
 import transformers
 
 from doge_from_scratch import DogeConfig, DogeForCausalLM
-from doge_from_scratch.testing import copy_into_reference, randomize_, reference_model
+from doge_from_scratch.pretrain import TINY_DOGE_DIR
+from doge_from_scratch.testing import (copy_into_reference, failed_checks, float32_error_check, float64_copy,
+                                       randomize_, reference_model)
 from doge_from_scratch.tokenizer import load_tokenizer
 
 torch.manual_seed(0)
@@ -47,10 +52,10 @@ transformers.logging.set_verbosity_error()
 %matplotlib inline
 
 tokenizer = load_tokenizer()          # the project's tokenizer (data/tokenizer), Doge's specials and chat format
-# A Doge-20M-shaped model (hidden 256, 8 layers, 2 heads, 1 KV head) over our tokenizer's vocabulary.
-# Random weights: the text it writes is gibberish, but every number below is the real computation.
-config = DogeConfig.from_preset("Doge-20M", vocab_size=len(tokenizer), num_hidden_layers=4)
-model = randomize_(DogeForCausalLM(config), seed=0).eval()
+# The trained tiny Doge shipped in data/tiny-doge: lesson 06's model (hidden 192, 4 layers, 3 heads, 1 KV head),
+# pretrained on the project's small corpus of stories, facts and sums, so what it writes is readable.
+model = DogeForCausalLM.from_pretrained(TINY_DOGE_DIR).eval()
+config = model.config
 print(len(tokenizer), "tokens in the vocabulary;", sum(p.numel() for p in model.parameters()) // 1000, "k parameters")
 """),
 md("""
@@ -141,16 +146,21 @@ class ListCache:
 
 ids = torch.randint(3, len(tokenizer), (1, 24), generator=torch.Generator().manual_seed(1))
 cache = ListCache()
-worst = 0.0
+# Cached and uncached runs round differently in float32; each is judged by its distance to the float64 result
+# (the cached one may be at most 4x further from it than the uncached one, plus a few ulps).
+exact_model = float64_copy(model)
+worst, checks = 0.0, []
 with torch.no_grad():
     logits = model(ids[:, :8], past_key_values=cache, use_cache=True).logits[:, -1]   # prefill 8 tokens
     for t in range(8, 24):                                                            # then one at a time
         full = model(ids[:, :t]).logits[:, -1]
         worst = max(worst, (logits - full).abs().max().item())
+        checks.append(float32_error_check(f"{t} tokens", logits, full, exact_model(ids[:, :t]).logits[:, -1]))
         logits = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits[:, -1]
 print("cache holds", cache.get_seq_length(), "positions; keys of layer 0:", tuple(cache.keys[0].shape))
-print(f"largest difference cached vs uncached logits: {worst:.1e}")
-assert worst < 1e-5
+print(f"largest difference cached vs uncached logits: {worst:.1e} "
+      f"(logits up to {max(c['scale'] for c in checks):.0f} in size)")
+assert all(c["ok"] for c in checks), failed_checks(checks)
 """),
 md("""
 **What about Doge's dynamic mask?** Each key s carries a bias `b_s = exp(A * softplus(dt_proj(v_s)))` added to
@@ -223,10 +233,13 @@ def my_top_p(logits, p):
     return logits.masked_fill(~keep, float("-inf"))
 
 
-# A real next-token distribution: our random model after a prompt, sharpened a little so the shapes show
-prompt_ids = tokenizer("The little dog ran to the", return_tensors="pt").input_ids
+# A real next-token distribution: the trained model after the start of a story
+prompt_ids = tokenizer("Once upon a time, there was a little", return_tensors="pt").input_ids
+# and one after a prompt that already contains the likely answer, where a repetition penalty has work to do
+loop_ids = tokenizer("The capital of Sweden is Stockholm. The capital of Sweden is", return_tensors="pt").input_ids
 with torch.no_grad():
-    logits = model(prompt_ids).logits[0, -1] * 4
+    logits = model(prompt_ids).logits[0, -1]
+    loop_logits = model(loop_ids).logits[0, -1]
 settings = {
     "greedy": F.one_hot(logits.argmax(), logits.shape[0]).float(),
     "T = 1": logits.softmax(-1),
@@ -235,18 +248,45 @@ settings = {
     "top-k 10": my_top_k(logits, 10).softmax(-1),
     "top-p 0.9": my_top_p(logits, 0.9).softmax(-1),
     "T 0.8 + top-p 0.9 (cards)": my_top_p(logits / 0.8, 0.9).softmax(-1),
-    "rep. penalty 2.0 on prompt": my_repetition_penalty(logits, prompt_ids[0], 2.0).softmax(-1),
 }
 order = logits.argsort(descending=True)[:40]
 fig, axes = plt.subplots(2, 4, figsize=(15, 5.5), sharey=True)
 for ax, (name, probs) in zip(axes.flat, settings.items()):
     ax.bar(range(40), probs[order].numpy())
     kept = int((probs > 0).sum())
-    ax.set_title(f"{name}\\n{kept} tokens possible")
+    ax.set_title(f"{name}\\n{kept} tokens possible", fontsize=10)
     ax.set_xlabel("token rank (by raw logit)")
+# The last panel has its own prompt: T = 1 with and without the penalty on the prompt's tokens
+penalised = my_repetition_penalty(loop_logits, loop_ids[0], 1.5).softmax(-1)
+loop_order = loop_logits.argsort(descending=True)[:40]
+ax = axes[1, 3]
+ax.bar(range(40), loop_logits.softmax(-1)[loop_order].numpy(), color="lightgrey", label="T = 1")
+ax.bar(range(40), penalised[loop_order].numpy(), width=0.5, label="+ rep. penalty 1.5")
+ax.set_title("'...Sweden is Stockholm. The capital\\nof Sweden is' (T = 1 vs penalty 1.5)", fontsize=10)
+ax.set_xlabel("token rank (by raw logit)")
+ax.legend(fontsize=8)
 axes[0, 0].set_ylabel("probability")
 axes[1, 0].set_ylabel("probability")
 plt.tight_layout()
+plt.show()
+top = lambda probs: ", ".join(f"{tokenizer.decode([int(i)])!r} {probs[i]:.2f}" for i in probs.topk(3).indices)
+print("story prompt, T = 1:          ", top(logits.softmax(-1)))
+print("Stockholm prompt, T = 1:      ", top(loop_logits.softmax(-1)))
+print("Stockholm prompt, penalty 1.5:", top(penalised))
+"""),
+md("""
+After the story prompt the trained model hesitates between several animals, so temperature, top-k and top-p
+each visibly reshape the bars. After the second prompt it is sure of ` Stockholm` - a word already in the
+prompt - and the penalty (1.5, dividing that positive logit by 1.5) takes away a large share of its
+probability, handing it to other capitals. That is the penalty's blind spot: it cannot tell a loop from a fact
+the text is supposed to repeat. Over a whole story it breaks loops and, just as readily, the consistency of a
+character's name:
+"""),
+code("""
+story = tokenizer("Once upon a time", return_tensors="pt").input_ids
+for penalty in (1.0, 1.3):
+    out = generate(model, story, max_new_tokens=45, repetition_penalty=penalty)   # greedy
+    print(f"repetition_penalty={penalty}: {tokenizer.decode(out[0])!r}\\n")
 """),
 md("""
 The package versions (`generation.apply_repetition_penalty`, `top_k_filter`, `top_p_filter`) work on
@@ -334,7 +374,8 @@ md("""
 ## 5. The model cards' example, on our model
 
 The cards' code, unchanged except for where the model and tokenizer come from (no download here: our
-tokenizer and the random model above) and the streamer's import (ours; transformers' `TextStreamer` works
+tokenizer and the trained tiny model above; it is only pretrained, but its corpus holds some chat transcripts,
+so a greeting may already get a fitting reply - answering questions is lesson 07's work) and the streamer's import (ours; transformers' `TextStreamer` works
 the same with our `generate`). `GenerationConfig` is transformers' own; `generate` reads it, leaving
 unset fields at transformers' defaults (so `top_k` is 50 here, as in transformers).
 """),
@@ -433,16 +474,20 @@ from doge_from_scratch.generation import ModelStepper
 fast = FastDoge(model)
 plain_steps, fast_steps = ModelStepper(model, 1, 64, "static"), fast.make_stepper(1, 64)
 positions = torch.arange(prompt_ids.shape[1])[None]
+sequence, checks = prompt_ids, []
 with torch.no_grad():
     a = plain_steps.prefill(prompt_ids, None, positions)
     b = fast_steps.prefill(prompt_ids, None, positions)
     worst = (a - b).abs().max().item()
     for step in range(30):
+        checks.append(float32_error_check(f"step {step}", b, a, exact_model(sequence).logits[:, -1]))
         token, position = a.argmax(-1), positions[:, -1] + 1 + step
+        sequence = torch.cat((sequence, token[:, None]), dim=1)
         a, b = plain_steps.step(token, None, position), fast_steps.step(token, None, position)
         worst = max(worst, (a - b).abs().max().item())
-print(f"fast vs model, 31 steps of logits: largest difference {worst:.1e}")
-assert worst < 1e-5
+print(f"fast vs model, 31 steps of logits: largest difference {worst:.1e}; each step as close to float64 as "
+      f"the model is: {all(c['ok'] for c in checks)}")
+assert all(c["ok"] for c in checks), failed_checks(checks)
 """),
 md("""
 A small live timing (Doge-20M shape with its full 32768-token vocabulary, float32, 32-token prompt, 64 new
@@ -489,8 +534,10 @@ for name, rate in live.items():
 """),
 md("""
 The full benchmark - every size, float32 and bfloat16, each against transformers in the same run - is
-`python -m doge_from_scratch.bench decode`; its last committed result is read here. The model cards' figures
-were measured on an Intel i7-11 laptop CPU, so they are a reference point, not the same machine.
+`python -m doge_from_scratch.bench decode`; its last committed result is read here. The first two panels are
+one machine, one run: ours, transformers and the matmul floor side by side. The model cards' figures were
+measured on another machine (an Intel i7-11 laptop CPU), so they get a panel of their own: a bar there taller
+than this machine's floor says the laptop moves weights faster, not that a decoder beat the floor.
 """),
 code("""
 import doge_from_scratch
@@ -500,19 +547,24 @@ results = json.loads(results_path.read_text())
 print("benchmark machine:", results["machine"], "| clock:", results["clock"])
 rows = results["rows"]
 sizes = list(dict.fromkeys(r["size"] for r in rows))
-fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True)
+fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True, gridspec_kw={"width_ratios": [1, 1, 0.55]})
+x = torch.arange(len(sizes)).float()
 for ax, dtype in zip(axes, ("float32", "bfloat16")):
     by_size = {r["size"]: r for r in rows if r["dtype"] == dtype}
-    x = torch.arange(len(sizes)).float()
-    for offset, key, label in ((-0.3, "ours_tok_s", "ours (FastDoge)"), (-0.1, "transformers_tok_s", "transformers"),
-                               (0.1, "card_tok_s", "model card (i7-11)"), (0.3, "floor_tok_s", "matmul floor")):
-        ax.bar(x + offset, [by_size[s][key] if s in by_size else 0 for s in sizes], width=0.2, label=label)
+    for offset, key, label in ((-0.25, "ours_tok_s", "ours (FastDoge)"), (0.0, "transformers_tok_s", "transformers"),
+                               (0.25, "floor_tok_s", "matmul floor")):
+        ax.bar(x + offset, [by_size[s][key] if s in by_size else 0 for s in sizes], width=0.25, label=label)
     ax.set_xticks(x, sizes)
     ax.set_yscale("log")
-    ax.set_title(f"batch-1 decode, {dtype}")
-    ax.set_ylabel("tokens / s (log scale)")
-axes[0].legend()
+    ax.set_title(f"this machine: batch-1 decode, {dtype}", fontsize=10)
+axes[0].set_ylabel("tokens / s (log scale)")
+axes[0].legend(fontsize=8)
+card = {r["size"]: r["card_tok_s"] for r in rows}
+axes[2].bar(x, [card.get(s, 0) for s in sizes], width=0.5, color="grey")
+axes[2].set_xticks(x, sizes, fontsize=8)
+axes[2].set_title("model cards: another machine (i7-11)\\nnot comparable with the floor", fontsize=10)
 plt.tight_layout()
+plt.show()
 for r in rows:
     print(f"{r['size']:10s} {r['dtype']:9s} ours {r['ours_tok_s']:6.1f} | transformers {r['transformers_tok_s']:6.1f} "
           f"| ours/floor {r['ours_over_floor']:.2f} | ours/transformers {r['ours_over_transformers']:.2f}")
