@@ -154,33 +154,86 @@ slice of our corpus:
 """),
 code("""
 # NBVAL_CHECK_OUTPUT
+def pair_counts(words: Counter) -> Counter:
+    \"\"\"How often each adjacent pair of symbols occurs, each word weighted by its count.\"\"\"
+    pairs = Counter()
+    for word, count in words.items():
+        for pair in zip(word, word[1:]):
+            pairs[pair] += count
+    return pairs
+
+
+def apply_merge(words: Counter, a: str, b: str) -> Counter:
+    \"\"\"Every word with each adjacent (a, b) joined into one symbol, left to right.\"\"\"
+    merged = Counter()
+    for word, count in words.items():
+        out, i = [], 0
+        while i < len(word):
+            if i + 1 < len(word) and (word[i], word[i + 1]) == (a, b):
+                out.append(a + b)
+                i += 2
+            else:
+                out.append(word[i])
+                i += 1
+        merged[tuple(out)] += count
+    return merged
+
+
 def train_merges(texts: list[str], n_merges: int) -> list[tuple[str, str]]:
     words = Counter(tuple(piece) for t in texts for piece in pre_tokenize(t))
     merges = []
     for _ in range(n_merges):
-        pairs = Counter()
-        for word, count in words.items():
-            for pair in zip(word, word[1:]):
-                pairs[pair] += count
-        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        (a, b), _ = max(pair_counts(words).items(), key=lambda kv: (kv[1], kv[0]))  # ties: the larger pair
         merges.append((a, b))
-        merged = Counter()
-        for word, count in words.items():
-            out, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == (a, b):
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            merged[tuple(out)] += count
-        words = merged
+        words = apply_merge(words, a, b)
     return merges
 
 
 corpus_slice = [row["text"] for row in D.load_lesson_dataset("pretrain", "train").select(range(300))]
 print(train_merges(corpus_slice, 12))
+"""),
+md("""
+Are these the merges the library would learn? The `tokenizers` BPE trainer, given the same slice, the same
+pre-tokeniser and the same 256-symbol byte alphabet, learns 40 merges; we learn 40 by hand and compare. Where
+two pairs are equally frequent the choice is arbitrary - ours takes the larger pair, the library its own
+order - so the fair test is the algorithm's: replaying the library's merges on our counts, each of them must be
+a most frequent pair at its step.
+"""),
+code("""
+# NBVAL_CHECK_OUTPUT
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from doge_from_scratch.tokenizer import build_pre_tokenizer
+
+n_merges = 40
+alphabet = pre_tokenizers.ByteLevel.alphabet()
+library_bpe = Tokenizer(models.BPE())
+library_bpe.pre_tokenizer = build_pre_tokenizer()   # the cut our pre_tokenize reproduces
+library_bpe.train_from_iterator(corpus_slice, trainers.BpeTrainer(
+    vocab_size=len(alphabet) + n_merges, initial_alphabet=alphabet, show_progress=False))
+theirs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+          for m in json.loads(library_bpe.to_str())["model"]["merges"]]
+ours = train_merges(corpus_slice, n_merges)
+
+words = Counter(tuple(piece) for t in corpus_slice for piece in pre_tokenize(t))
+for step, (a, b) in enumerate(theirs):
+    counts = pair_counts(words)
+    assert counts[(a, b)] == max(counts.values()), f"library merge {step} {(a, b)} is not a most frequent pair"
+    words = apply_merge(words, a, b)
+print(f"{len(theirs)} library merges, each a most frequent pair on our counts; identical to ours at "
+      f"{sum(x == y for x, y in zip(ours, theirs))} of {n_merges} steps")
+for step, (x, y) in enumerate(zip(ours, theirs)):
+    if x != y:
+        print(f"  step {step:2d}: ours {x}, library {y}")
+built_ours, built_theirs = {a + b for a, b in ours}, {a + b for a, b in theirs}
+print("symbols only ours builds:", sorted(built_ours - built_theirs),
+      "| only the library:", sorted(built_theirs - built_ours))
+"""),
+md("""
+Every step the library took is one our loop could have taken. The lists part only at ties, and then they
+reach the same whole words (` capital`, `uestion`, `Answer`) through different halves: ours builds
+`Ġcapit` + `al`, the library `Ġcap` + `ital`. The lessons' own tokenizer (`data/tokenizer`) was trained by the
+library, so from here on its merge list is the one to follow: our encoder must reproduce its ids exactly.
 """),
 md("""
 The trained tokenizer stores its merges in rank order. Encoding a piece means: split into symbols, then keep
