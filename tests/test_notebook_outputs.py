@@ -57,7 +57,7 @@ def live_output_problems(nb: nbformat.NotebookNode, name: str) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("path", COMMITTED, ids=[p.name for p in COMMITTED])
+@pytest.mark.parametrize("path", COMMITTED, ids=[str(p.relative_to(NOTEBOOK_DIR)) for p in COMMITTED])
 def test_committed_outputs_are_static(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     problems = live_output_problems(nb, str(path.relative_to(PROJECT_ROOT)))
