@@ -29,7 +29,7 @@ The small-doge recipe, and what we keep of it:
 1. Packing documents into fixed-length training rows.
 2. The warmup-stable-decay (WSD) learning-rate schedule, plotted.
 3. One optimizer step by hand: gradient accumulation, clipping, AdamW with selective weight decay.
-4. A full run with a progress bar, validation loss, loss curves, and text samples before and after.
+4. A full run with validation loss, loss curves, and text samples before and after.
 5. Checkpoints that resume *exactly* (safetensors + JSON, no pickle), and the Hugging Face-format model that
    lessons 07-09 start from.
 """),
@@ -212,9 +212,11 @@ print(f"validation loss before training: {P.evaluate(fresh, val_rows):.3f}")
 md("""
 ## 6. The full run
 
-`P.pretrain` is the loop of section 4 plus evaluation every `eval_every` steps, a progress bar, optional
+`P.pretrain` is the loop of section 4 plus evaluation every `eval_every` steps, progress (a live bar in a
+terminal, one summary line in a notebook), optional
 bfloat16 autocast, and a checkpoint every `checkpoint_every` steps. This is the exact recipe that
-`ensure_pretrained()` runs, so lessons 07-09 get the same model whether or not this notebook ran first.
+`ensure_pretrained()` runs, so lessons 07-09 get the same model whether or not this notebook ran first; the
+trained model lessons 02 and 05 read, `data/tiny-doge`, is this same run's weights stored in bfloat16.
 """),
 code("""
 checkpoint_dir = ARTIFACTS_DIR / "pretrain_checkpoints"
