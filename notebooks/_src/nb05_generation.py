@@ -375,8 +375,8 @@ md("""
 
 The cards' code, unchanged except for where the model and tokenizer come from (no download here: our
 tokenizer and the trained tiny model above; it is only pretrained, but its corpus holds some chat transcripts,
-so a greeting may already get a fitting reply - answering questions is lesson 07's work) and the streamer's import (ours; transformers' `TextStreamer` works
-the same with our `generate`). `GenerationConfig` is transformers' own; `generate` reads it, leaving
+so a greeting may already get a fitting reply - answering questions is lesson 07's work) and the streamer's
+import (ours; transformers' `TextStreamer` works the same with our `generate`). `GenerationConfig` is transformers' own; `generate` reads it, leaving
 unset fields at transformers' defaults (so `top_k` is 50 here, as in transformers).
 """),
 code("""
