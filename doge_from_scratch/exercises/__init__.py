@@ -18,7 +18,7 @@ from .l07_sft import check_packed_positions, check_sft_loss, check_step_loss
 from .l08_dpo import check_dpo_loss, check_ipo_loss, check_sequence_logps
 from .l09_distillation import check_generalized_jsd, check_kl
 from .l10_grpo import check_clipped_loss, check_group_advantages
-from .l10_hub_parity import check_expand_kv, check_first_divergence
+from .l12_hub_parity import check_expand_kv, check_first_divergence
 from .l11_evaluation import check_choice_metrics, check_mean_stderr
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Lesson 10 (hub parity) checks: expanding classic KV heads, finding the first diverging module."""
+"""Lesson 12 (hub parity) checks: expanding classic KV heads, finding the first diverging module."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Generator for notebooks/10_hub_parity.ipynb (run: python notebooks/_src/nb10_hub_parity.py)."""
+"""Generator for notebooks/12_hub_parity.ipynb (run: python notebooks/_src/nb12_hub_parity.py)."""
 
 from nbbuild import code, md, write_notebook
 
 cells = [
 md("""
-# Lesson 10 - Parity with the published checkpoints, a layer-by-layer debugger, and DMA on long sequences
+# Lesson 12 - Parity with the published checkpoints, a layer-by-layer debugger, and DMA on long sequences
 
 > **Run time**: about 48 s on the project's 2-core CPU. **Uses**: nothing from earlier lessons; published
 > checkpoints if they are in the local Hugging Face cache, otherwise stand-ins of the same shapes (labelled as
@@ -412,7 +412,7 @@ md("""
 Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
 inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
 (expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
-`notebooks/solutions/10_hub_parity.ipynb`.
+`notebooks/solutions/12_hub_parity.ipynb`.
 
 1. Expand a classic GQA checkpoint's KV heads to one per query head (section 2). Predict what `.repeat`
    instead of `repeat_interleave` would break.
@@ -452,4 +452,4 @@ md("""
 ]
 
 if __name__ == "__main__":
-    print(write_notebook("10_hub_parity.ipynb", cells))
+    print(write_notebook("12_hub_parity.ipynb", cells))

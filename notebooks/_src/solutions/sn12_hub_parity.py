@@ -1,4 +1,4 @@
-"""Generator for notebooks/solutions/10_hub_parity.ipynb."""
+"""Generator for notebooks/solutions/12_hub_parity.ipynb."""
 
 from solbuild import Exercise, build
 
@@ -18,4 +18,4 @@ def first_divergence(ours, reference, rtol, atol):
 ]
 
 if __name__ == "__main__":
-    print(build("10_hub_parity.ipynb", "Lesson 10, hub parity", EXERCISES))
+    print(build("12_hub_parity.ipynb", "Lesson 12, hub parity", EXERCISES))
