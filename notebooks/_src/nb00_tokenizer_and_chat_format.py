@@ -1,4 +1,7 @@
-"""Generator for notebooks/00_tokenizer_and_chat_format.ipynb (run: python notebooks/_src/nb00_tokenizer_and_chat_format.py)."""
+"""Generator for notebooks/00_tokenizer_and_chat_format.ipynb.
+
+Run: python notebooks/_src/nb00_tokenizer_and_chat_format.py
+"""
 
 from nbbuild import code, md, write_notebook
 
@@ -56,7 +59,7 @@ named on a Doge model card:
 |---|---|---|
 | `data/pretrain/` | the pretraining corpus | `text` |
 | `data/chat/` | `HuggingFaceTB/smoltalk` (SFT) | `messages` (+ `source`, `task`, `answer`) |
-| `data/preference/` | `HuggingFaceH4/ultrafeedback_binarized` (DPO) | `prompt`, `chosen`, `rejected` as message lists (+ scores) |
+| `data/preference/` | `HuggingFaceH4/ultrafeedback_binarized` (DPO) | `prompt`, `chosen`, `rejected` message lists (+ scores) |
 | `data/reasoning/` | `SmallDoge/Reason-Distill` | `messages` with thought and solution sections |
 
 The conversations come from a handful of tasks with checkable answers - two-digit addition, *which of two
@@ -72,7 +75,8 @@ code("""
 # NBVAL_CHECK_OUTPUT
 for kind in D.DATASET_KINDS:
     ds = D.load_lesson_dataset(kind, "train")
-    print(f"{kind:10s} train={len(ds):5d} test={len(D.load_lesson_dataset(kind, 'test')):4d}  columns={ds.column_names}")
+    print(f"{kind:10s} train={len(ds):5d} "
+          f"test={len(D.load_lesson_dataset(kind, 'test')):4d}  columns={ds.column_names}")
 chat = D.load_lesson_dataset("chat", "train")
 print(Counter(chat["task"]).most_common())
 """),
@@ -122,7 +126,9 @@ def bytes_to_symbols() -> dict[int, str]:
 
 
 BYTE_SYMBOL = bytes_to_symbols()
-GPT2_SPLIT = regex.compile(r\"\"\"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+\"\"\")
+GPT2_SPLIT = regex.compile(
+    r\"\"\"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+\"\"\"
+)
 
 
 def pre_tokenize(text: str) -> list[str]:
@@ -343,7 +349,8 @@ conversation = [
 rendered = tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 print(rendered[:120], "...", rendered[-150:], sep="\\n")
 ids = tok.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True, return_dict=False)
-print(len(ids), "tokens; the system prompt alone:", len(tok.encode(D.REASONING_SYSTEM_PROMPT, add_special_tokens=False)))
+print(len(ids), "tokens; the system prompt alone:",
+      len(tok.encode(D.REASONING_SYSTEM_PROMPT, add_special_tokens=False)))
 """),
 md("""
 The format is simple enough to write in a few lines of Python. Rendering every conversation of the data sets
@@ -365,7 +372,8 @@ for kind in ("chat", "reasoning"):
     for row in D.load_lesson_dataset(kind, "test"):
         assert render_by_hand(row["messages"]) == tok.apply_chat_template(row["messages"], tokenize=False)
         prompt = row["messages"][:-1]
-        assert render_by_hand(prompt, True) == tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        assert render_by_hand(prompt, True) == tok.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True)
         n += 1
 print("hand rendering == chat template on", n, "conversations")
 """),
@@ -434,8 +442,10 @@ record = {"task": "compare_decimals", "answer": "3.9",
           "messages": [{"role": "user", "content": "Which number is bigger, 3.9 or 3.11?"}]}
 for reply in ["The bigger number is 3.9.", "The bigger number is 3.11.", "3.9 is bigger than 3.11", "I am not sure."]:
     print(f"{reply!r:32s} -> {tasks.check_answer(record, reply)}")
-reasoning_record = {**record, "messages": [{"role": "system", "content": D.REASONING_SYSTEM_PROMPT}] + record["messages"]}
-good = "<|begin_of_thought|>\\n\\n0.90 > 0.11\\n\\n<|end_of_thought|>\\n\\n<|begin_of_solution|>\\n\\n3.9\\n\\n<|end_of_solution|>"
+reasoning_record = {**record,
+                    "messages": [{"role": "system", "content": D.REASONING_SYSTEM_PROMPT}] + record["messages"]}
+good = ("<|begin_of_thought|>\\n\\n0.90 > 0.11\\n\\n<|end_of_thought|>\\n\\n"
+        "<|begin_of_solution|>\\n\\n3.9\\n\\n<|end_of_solution|>")
 print(tasks.check_answer(reasoning_record, good), tasks.check_answer(reasoning_record, "3.9"))
 """),
 md("""

@@ -89,7 +89,8 @@ w16 = torch.ones(1024, dtype=torch.float16)
 naive = rms_norm_same_dtype(big.half(), w16)
 careful = rms_norm(big.half(), w16)
 print("float16, statistic in float16: all zeros?", bool((naive == 0).all()))
-print("float16, statistic in float32: rms of output =", careful.float().pow(2).mean(-1).sqrt().round(decimals=2).tolist())
+print("float16, statistic in float32: rms of output =",
+      careful.float().pow(2).mean(-1).sqrt().round(decimals=2).tolist())
 """),
 code("""
 # bfloat16: measure the error of each variant against a float64 ground truth
@@ -114,7 +115,8 @@ position by **rotating** queries and keys. Split a head's `d` channels into `d/2
 as a point in the plane; the pair `i` of the token at position `m` is turned by the angle `m * f_i`, where
 the frequencies fall off geometrically:
 
-$$f_i = \\theta^{-2i/d}, \\qquad i = 0, \\dots, d/2 - 1, \\qquad \\theta = 10\\,000 \\text{ for the classic Doge sizes.}$$
+$$f_i = \\theta^{-2i/d}, \\qquad i = 0, \\dots, d/2 - 1,
+\\qquad \\theta = 10\\,000 \\text{ for the classic Doge sizes.}$$
 
 The first pairs spin fast (they resolve neighbouring tokens), the last ones barely move (they tell far
 apart tokens apart without wrapping around).
@@ -262,7 +264,8 @@ The classic Doge configs ask for `rope_scaling = {type: dynamic, factor: 4}` wit
 further than they ever did in training, so the base `theta` is raised just enough to squeeze the longer
 sequence back into the familiar range:
 
-$$\\theta' = \\theta \\left( \\frac{\\text{factor} \\cdot L}{L_{max}} - (\\text{factor} - 1) \\right)^{d / (d - 2)}, \\qquad L = \\text{sequence length} > L_{max}.$$
+$$\\theta' = \\theta \\left( \\frac{\\text{factor} \\cdot L}{L_{max}} - (\\text{factor} - 1) \\right)^{d / (d - 2)},
+\\qquad L = \\text{sequence length} > L_{max}.$$
 
 ("NTK-aware": changing the base instead of dividing all positions by a factor keeps the fast, local pairs
 almost untouched and stretches mostly the slow ones.) The frequencies are recomputed from the longest
@@ -286,7 +289,8 @@ for L in (2048, 4096, 8192, 16384):
     ax[1].plot((f / inverse_frequencies(128, 10_000.0)).numpy(), label=f"L = {L}")
 ax[0].set(title="frequencies f_i with dynamic NTK", xlabel="pair index i", ylabel="f_i")
 ax[1].set(title="ratio to plain RoPE", xlabel="pair index i", ylabel="f_i / f_i(plain)")
-ax[0].legend(); ax[1].legend()
+ax[0].legend()
+ax[1].legend()
 plt.tight_layout()
 """),
 md("""

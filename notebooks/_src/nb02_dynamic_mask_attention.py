@@ -1,4 +1,7 @@
-"""Generator for notebooks/02_dynamic_mask_attention.ipynb (run: python notebooks/_src/nb02_dynamic_mask_attention.py)."""
+"""Generator for notebooks/02_dynamic_mask_attention.ipynb.
+
+Run: python notebooks/_src/nb02_dynamic_mask_attention.py
+"""
 
 from nbbuild import code, md, write_notebook
 
@@ -176,7 +179,8 @@ print("bias per KV head: min", [f"{b:.5f}" for b in bias.amin(-1)[0].tolist()],
       " max", [f"{b:.5f}" for b in bias.amax(-1)[0].tolist()])
 
 scores = torch.randn(5)
-print("softmax unchanged by a constant shift:", torch.allclose(torch.softmax(scores, 0), torch.softmax(scores + 1.0, 0)))
+print("softmax unchanged by a constant shift:",
+      torch.allclose(torch.softmax(scores, 0), torch.softmax(scores + 1.0, 0)))
 """),
 code("""
 fig, ax = plt.subplots(figsize=(10, 2.2))
@@ -229,7 +233,8 @@ def plot_dynamic_mask(keep_window_size: int = 8) -> None:
         ax.set_xticks(range(T), labels, rotation=90, fontsize=7)
         ax.set_yticks(range(T), labels, fontsize=7)
         ax.set_title(f"KV head {h} (A={W['A'][h]:+.1f}): keep_window_size={keep_window_size}")
-        ax.set_xlabel("key"); ax.set_ylabel("query")
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
         fig.colorbar(im, ax=ax, fraction=0.045)
     plt.tight_layout()
     plt.show()
@@ -310,7 +315,8 @@ for ax, (title, p) in zip(axes, [("plain causal", plain), ("DMA, window 2048", a
     ax.set_title(f"query head 0: {title}", fontsize=10)
     ax.set_xticks(range(T), labels, rotation=90, fontsize=6)
     ax.set_yticks(range(T), labels, fontsize=6)
-    ax.set_xlabel("key"); ax.set_ylabel("query")
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
 fig.colorbar(im, ax=axes, fraction=0.02, label="attention probability")
 plt.show()
 with torch.no_grad():
@@ -391,8 +397,8 @@ md("""
 ## 8. Check against the package
 
 `doge_from_scratch.attention` holds the finished layer: the same projections, the bias, the mask (with
-padding and KV-cache offsets handled), the bias inside q.k (`attend_bias_in_qk`) used automatically when it is valid, and the
-materialised path otherwise. On our sentence it must agree with everything built above.
+padding and KV-cache offsets handled), the bias inside q.k (`attend_bias_in_qk`) used automatically when it
+is valid, and the materialised path otherwise. On our sentence it must agree with everything built above.
 """),
 code("""
 # NBVAL_CHECK_OUTPUT

@@ -27,7 +27,6 @@ Its headline promise: an MoE model can start from a trained dense checkpoint and
 """),
 code("""
 import json
-import math
 import tempfile
 from pathlib import Path
 
@@ -55,15 +54,16 @@ uses the gated form popularised by LLaMA:
 $$\\mathrm{MLP}(x) = W_{down}\\,\\big(\\mathrm{silu}(W_{gate} x) \\odot W_{up} x\\big).$$
 
 One branch decides *how much* (the SiLU gate), the other *what* (the up projection); their product is
-mapped back to the model width. Read it one hidden unit at a time and it is a sum of `I` rank-one pieces:
+mapped back to the model width. Read it one hidden unit at a time and it is a sum of `n_units` rank-one
+pieces:
 unit `j` looks at the input along one direction, squashes, and writes along one output direction.
 """),
 code("""
 # NBVAL_CHECK_OUTPUT
-H, I = 64, 96
+H, n_units = 64, 96
 g = torch.Generator().manual_seed(0)
-W_gate, W_up = torch.randn(I, H, generator=g) / 8, torch.randn(I, H, generator=g) / 8
-W_down = torch.randn(H, I, generator=g) / 10
+W_gate, W_up = torch.randn(n_units, H, generator=g) / 8, torch.randn(n_units, H, generator=g) / 8
+W_down = torch.randn(H, n_units, generator=g) / 10
 
 
 def dense_mlp(x: torch.Tensor) -> torch.Tensor:
@@ -73,9 +73,9 @@ def dense_mlp(x: torch.Tensor) -> torch.Tensor:
 
 x = torch.randn(5, H, generator=g)
 unit_by_unit = sum(
-    (F.silu(x @ W_gate[j]) * (x @ W_up[j]))[:, None] * W_down[:, j] for j in range(I)
+    (F.silu(x @ W_gate[j]) * (x @ W_up[j]))[:, None] * W_down[:, j] for j in range(n_units)
 )
-print("MLP == sum of its", I, "rank-one units:", torch.allclose(dense_mlp(x), unit_by_unit, atol=1e-5))
+print("MLP == sum of its", n_units, "rank-one units:", torch.allclose(dense_mlp(x), unit_by_unit, atol=1e-5))
 """),
 md("""
 ## 2. Tiny experts and product-key retrieval
@@ -98,7 +98,6 @@ code("""
 # NBVAL_CHECK_OUTPUT
 def product_key_topk(sx: torch.Tensor, sy: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     \"\"\"sx, sy: [N, K] row/column scores -> (scores [N, k], expert ids [N, k]).\"\"\"
-    K = sx.shape[-1]
     grid = sx[:, :, None] + sy[:, None, :]  # [N, K, K]: score of expert i*K + j
     scores, flat = grid.flatten(1).topk(k, dim=-1)
     return scores, flat  # flat index into the grid == expert id
@@ -205,9 +204,9 @@ assert gap == 0.0
 md("""
 ## 5. Expert usage
 
-How evenly do tokens spread over the 256 experts? We embed real text (the lesson's pretraining data), normalise it as
-the first layer would, and run it through that layer's router in a randomised MoE model and count how often each expert is picked. An untrained router is
-lopsided: a few experts collect many picks, some none. During training the Switch-style load-balancing loss
+How evenly do tokens spread over the 256 experts? We embed real text (the lesson's pretraining data), normalise it
+as the first layer would, and run it through that layer's router in a randomised MoE model and count how
+often each expert is picked. An untrained router is lopsided: a few experts collect many picks, some none. During training the Switch-style load-balancing loss
 (`router_aux_loss_coef = 0.001`) pushes against that: it multiplies each expert's share of the picks by its
 average router probability and sums, scaled so that a perfectly balanced router scores 1.0.
 """),
@@ -237,7 +236,8 @@ ax[1].hist(counts.numpy(), bins=30)
 ax[1].set(title="how many experts got n picks", xlabel="picks", ylabel="experts")
 plt.tight_layout()
 plt.show()
-print(f"experts never picked: {(counts == 0).sum().item()} of 256;  load-balancing loss: {aux.item():.2f} (1.0 = balanced)")
+print(f"experts never picked: {(counts == 0).sum().item()} of 256;  "
+      f"load-balancing loss: {aux.item():.2f} (1.0 = balanced)")
 """),
 md("""
 **The load-balancing loss, written out** (Switch Transformer, Fedus et al. 2021, eq. 4). With `N` tokens each
@@ -289,7 +289,8 @@ ref_x, ref_y = split_router_logits(owner, per_token=False)
 tok_x, tok_y = split_router_logits(owner, per_token=True)
 print("token | reference: s_x from token, s_y from token | per_token: s_x, s_y")
 for n in range(N):
-    print(f"  {n}   |          {sorted(set(ref_x[n].int().tolist()))}             {sorted(set(ref_y[n].int().tolist()))}"
+    print(f"  {n}   |          {sorted(set(ref_x[n].int().tolist()))}"
+          f"             {sorted(set(ref_y[n].int().tolist()))}"
           f"          |       {int(tok_x[n, 0])}    {int(tok_y[n, 0])}")
 """),
 md("""
