@@ -86,16 +86,18 @@ def stream_rms(model, input_ids: torch.Tensor) -> list[float]:
 ids = torch.randint(0, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
 plt.figure(figsize=(6, 3))
 with torch.no_grad():
-    saved = [(l.input_residual.clone(), l.post_attention_residual.clone()) for l in model.model.layers]
+    saved = [(layer.input_residual.clone(), layer.post_attention_residual.clone()) for layer in model.model.layers]
     for scale in (1.0, 0.9, 0.7):
-        for l in model.model.layers:
-            l.input_residual.fill_(scale)
-            l.post_attention_residual.fill_(scale)
+        for layer in model.model.layers:
+            layer.input_residual.fill_(scale)
+            layer.post_attention_residual.fill_(scale)
         plt.plot(stream_rms(model, ids), marker="o", label=f"all residual scales = {scale}")
-    for l, (a, b) in zip(model.model.layers, saved):  # back to the randomised values
-        l.input_residual.copy_(a)
-        l.post_attention_residual.copy_(b)
-plt.xlabel("after layer (0 = embedding)"); plt.ylabel("RMS of the stream"); plt.legend()
+    for layer, (a, b) in zip(model.model.layers, saved):  # back to the randomised values
+        layer.input_residual.copy_(a)
+        layer.post_attention_residual.copy_(b)
+plt.xlabel("after layer (0 = embedding)")
+plt.ylabel("RMS of the stream")
+plt.legend()
 plt.title("with scales of 1 every block piles onto the stream")
 plt.tight_layout()
 """),
@@ -146,7 +148,7 @@ from doge_from_scratch.config import PRESETS
 
 
 def count_by_formula(c: DogeConfig) -> int:
-    H, I, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
+    H, I, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size  # noqa: E741 - formula letters
     d, nh, nkv = c.head_dim, c.num_attention_heads, c.num_key_value_heads
     attention = 2 * H * nh * d + 2 * H * nkv * d + nkv * d * nkv + nkv + 2 * d
     mlp = 3 * H * I + (2 * c.num_keys * H + 2 * c.num_experts * H if c.is_moe else 0)
@@ -202,7 +204,8 @@ print({k: saved_config[k] for k in ("model_type", "architectures", "tie_word_emb
 theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp / "ours", attn_implementation="eager").eval()
 x = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(3))
 with torch.no_grad():
-    print(type(theirs).__module__, "- max |logits difference|:", (theirs(x).logits - small(x).logits).abs().max().item())
+    print(type(theirs).__module__, "- max |logits difference|:",
+          (theirs(x).logits - small(x).logits).abs().max().item())
 """),
 md("""
 transformers reads the folder as its own `DogeForCausalLM` and computes the same logits. It simply keeps the two
@@ -241,7 +244,7 @@ this (an earlier version of the package raised an error for sequences longer tha
 per query head, the bias *added* to the 0 / minimum causal mask, and the `dynamic_mask_ratio` rule past the
 window - and checked against the package's `attention_variant="classic"` layer, once with the published
 setting (ratio 0: nothing dropped) and once with a window of 6 and ratio 0.5, where the rule drops keys:
-"""),
+"""),  # noqa: E501 - rows of a markdown table cannot be wrapped
 code("""
 from doge_from_scratch.layers import RotaryEmbedding, apply_rotary
 
@@ -319,12 +322,14 @@ save_file(tensors_a, folder_a / "model.safetensors", metadata={"format": "pt"})
 c = classic.config
 (folder_a / "config.json").write_text(json.dumps({
     "architectures": ["DogeForCausalLM"], "model_type": "doge",
-    "auto_map": {"AutoConfig": "configuration_doge.DogeConfig", "AutoModelForCausalLM": "modeling_doge.DogeForCausalLM"},
+    "auto_map": {"AutoConfig": "configuration_doge.DogeConfig",
+                 "AutoModelForCausalLM": "modeling_doge.DogeForCausalLM"},
     "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
     "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
     "num_key_value_heads": c.num_key_value_heads, "hidden_bias": False, "hidden_dropout": 0.0, "hidden_act": "silu",
     "max_position_embeddings": c.max_position_embeddings, "rope_theta": 10000.0,
-    "rope_scaling": {"rope_type": "dynamic", "factor": 4.0, "original_max_position_embeddings": c.max_position_embeddings},
+    "rope_scaling": {"rope_type": "dynamic", "factor": 4.0,
+                     "original_max_position_embeddings": c.max_position_embeddings},
     "keep_window_size": c.keep_window_size, "dynamic_mask_ratio": 0.0, "is_moe": False,
     "num_cdmoe_experts": 16384, "num_cdmoe_experts_per_head": 8, "tie_word_embeddings": True,
     "rms_norm_eps": 1e-6, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 0,
@@ -377,9 +382,10 @@ with torch.no_grad():
     reference_logits = classic(x).logits
     for label, m in (("A", loaded_a), ("B", loaded_b)):
         same = torch.equal(m(x).logits, reference_logits)
-        print(f"folder {label}: detected generation {m.checkpoint_generation}, attention {m.config.attention_variant!r}, "
-              f"identical logits: {same}")
-print("renamed on conversion:", [k for k in load_file(tmp / "classic-B" / "model.safetensors") if ".layers.0.input" in k])
+        print(f"folder {label}: detected generation {m.checkpoint_generation}, "
+              f"attention {m.config.attention_variant!r}, identical logits: {same}")
+print("renamed on conversion:",
+      [k for k in load_file(tmp / "classic-B" / "model.safetensors") if ".layers.0.input" in k])
 """),
 md("""
 ## 5. End-to-end parity with transformers
