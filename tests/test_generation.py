@@ -12,7 +12,7 @@ from doge_from_scratch.generation import (CallbackStreamer, GenerationConfig, Mo
                                           TextStreamer, apply_repetition_penalty, generate, top_k_filter,
                                           top_p_filter)
 from doge_from_scratch.testing import (copy_into_reference, failed_checks, float32_error_check, float64_copy,
-                                       randomize_, reference_model, tiny_config)
+                                       greedy_agreement, randomize_, reference_model, tiny_config)
 
 DENSE = dict()
 MOE = dict(is_moe=True, num_experts=64, num_experts_per_tok=4)
@@ -42,12 +42,32 @@ def reference_generate(reference, ids, **settings):
 @pytest.mark.parametrize("overrides", [DENSE, MOE, LONG, dict(attention_bias=True, mlp_bias=True)],
                          ids=["dense", "moe", "past-keep-window", "biases"])
 def test_greedy_ids_equal_transformers(overrides):
+    """Greedy ids of every decoder equal transformers', except that they may part at a near tie of the two best
+    logits (``testing.greedy_agreement``: judged by the float64 reference, not by the last run)."""
     ours, reference = make_pair(**overrides)
     ids = prompt()
     expected = reference_generate(reference, ids, max_new_tokens=60, do_sample=False)
-    assert torch.equal(generate(ours, ids, max_new_tokens=60), expected)
-    assert torch.equal(generate(FastDoge(ours), ids, max_new_tokens=60), expected)
-    assert torch.equal(ours.generate(ids, max_new_tokens=60, cache="dynamic"), expected)
+    exact = float64_copy(reference)
+    for name, got in [("default", generate(ours, ids, max_new_tokens=60)),
+                      ("teaching", generate(ours, ids, max_new_tokens=60, decoder="teaching")),
+                      ("FastDoge", generate(FastDoge(ours), ids, max_new_tokens=60)),
+                      ("model.generate dynamic cache", ours.generate(ids, max_new_tokens=60, cache="dynamic"))]:
+        ok, why = greedy_agreement(got, expected, exact)
+        assert ok, f"{name}: {why}"
+
+
+def test_greedy_agreement_refuses_a_real_disagreement():
+    """The near-tie allowance is not a blanket pass: a token swapped where the margin is clear is refused."""
+    ours, reference = make_pair()
+    ids = prompt()
+    expected = reference_generate(reference, ids, max_new_tokens=20, do_sample=False)
+    exact = float64_copy(reference)
+    wrong = expected.clone()
+    t = ids.shape[1] + 5
+    wrong[0, t] = (expected[0, t] + 1) % reference.config.vocab_size
+    ok, why = greedy_agreement(wrong, expected, exact)
+    assert not ok and f"position {t}" in why
+    assert greedy_agreement(expected, expected, exact)[0]
 
 
 def test_greedy_without_cache_equals_with_cache():

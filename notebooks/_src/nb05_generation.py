@@ -514,7 +514,8 @@ def decode_rate(run) -> float:
 
 
 runs = {
-    "teaching model + cache": lambda s: generate(bench_model, bench_prompt, max_new_tokens=64, streamer=s),
+    "teaching model + cache": lambda s: generate(bench_model, bench_prompt, max_new_tokens=64, streamer=s,
+                                                 decoder="teaching"),
     "FastDoge": lambda s: generate(bench_fast, bench_prompt, max_new_tokens=64, streamer=s),
     "transformers generate": lambda s: bench_reference.generate(bench_prompt, max_new_tokens=64, do_sample=False,
                                                                 eos_token_id=None, pad_token_id=2, streamer=s),
