@@ -269,7 +269,13 @@ axes[0, 0].set_ylabel("probability")
 axes[1, 0].set_ylabel("probability")
 plt.tight_layout()
 plt.show()
-top = lambda probs: ", ".join(f"{tokenizer.decode([int(i)])!r} {probs[i]:.2f}" for i in probs.topk(3).indices)
+
+
+def top(probs: torch.Tensor) -> str:
+    \"\"\"probs: [V] -> the three likeliest tokens with their probabilities.\"\"\"
+    return ", ".join(f"{tokenizer.decode([int(i)])!r} {probs[i]:.2f}" for i in probs.topk(3).indices)
+
+
 print("story prompt, T = 1:          ", top(logits.softmax(-1)))
 print("Stockholm prompt, T = 1:      ", top(loop_logits.softmax(-1)))
 print("Stockholm prompt, penalty 1.5:", top(penalised))
@@ -376,8 +382,9 @@ md("""
 The cards' code, unchanged except for where the model and tokenizer come from (no download here: our
 tokenizer and the trained tiny model above; it is only pretrained, but its corpus holds some chat transcripts,
 so a greeting may already get a fitting reply - answering questions is lesson 07's work) and the streamer's
-import (ours; transformers' `TextStreamer` works the same with our `generate`). `GenerationConfig` is transformers' own; `generate` reads it, leaving
-unset fields at transformers' defaults (so `top_k` is 50 here, as in transformers).
+import (ours; transformers' `TextStreamer` works the same with our `generate`). `GenerationConfig` is
+transformers' own; `generate` reads it, leaving unset fields at transformers' defaults (so `top_k` is 50
+here, as in transformers).
 """),
 code("""
 from transformers import GenerationConfig
@@ -523,7 +530,7 @@ runs = {
 live = {name: 0.0 for name in runs}
 torch.set_num_threads(1)                            # one core's work, so CPU time measures it (see the benchmark)
 with torch.inference_mode():
-    for name, run in runs.items():
+    for run in runs.values():
         run(None)                                   # warm up
     for _ in range(2):                              # interleaved, best of two
         for name, run in runs.items():
