@@ -578,6 +578,29 @@ for r in rows:
           f"| ours/floor {r['ours_over_floor']:.2f} | ours/transformers {r['ours_over_transformers']:.2f}")
 """),
 md("""
+## Int8 weights: fewer bytes per token
+
+At batch 1 every new token reads every weight once, so the bytes per weight set the speed limit (the "floor"
+above). `FastDoge(model, weights="int8")` stores each weight matrix as int8 with one scale per output row
+(W ~ scale * q, |q| <= 127): a quarter of float32's bytes. The activations stay floating point, and each weight
+moves by at most half its row's step. The product runs in ATen's own int8 kernel
+(`torch._weight_int8pack_mm`); `doge_from_scratch/int8.py` says why not torchao (on this CPU it was slower than
+plain float weights). What int8 costs is measured, not assumed: `int8.int8_quality` compares it with float32 on
+lesson 06's validation rows.
+"""),
+code("""
+from doge_from_scratch import int8
+
+w = model.model.layers[0].mlp.up_proj.weight.detach()
+packed = int8.quantise(w)
+step = packed.scale[:, None]
+print(f"one weight matrix {tuple(w.shape)}: {w.numel() * 4:,} bytes in float32 -> {packed.nbytes():,} in int8")
+print("largest change of a weight / its row's step:", round(float(((packed.dequantise() - w).abs() / step).max()), 3))
+quality = int8.int8_quality(model.float(), int8.lesson_validation_rows(limit_docs=16),
+                            tokenizer("The capital of Sweden is", return_tensors="pt").input_ids, new_tokens=64)
+print(int8.summarise([quality]))
+"""),
+md("""
 ## Summary and the package
 
 - The KV cache turns per-token cost from growing with the length to constant; Doge's bias is a function of
