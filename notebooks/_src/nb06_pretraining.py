@@ -95,7 +95,8 @@ val_rows = P.pack_documents(val_docs, tok, cfg.seq_len)
 print(f"train: {len(docs)} documents -> {tuple(train_rows.shape)} rows = {train_rows.numel():,} tokens")
 print(f"val:   {len(val_docs)} documents -> {tuple(val_rows.shape)} rows = {val_rows.numel():,} tokens")
 print(f"one step = {cfg.micro_batch_size} rows x {cfg.grad_accum_steps} micro-batches x {cfg.seq_len} = "
-      f"{cfg.tokens_per_step:,} tokens; {cfg.max_steps} steps = {cfg.max_steps * cfg.tokens_per_step / train_rows.numel():.2f} epochs")
+      f"{cfg.tokens_per_step:,} tokens; {cfg.max_steps} steps = "
+      f"{cfg.max_steps * cfg.tokens_per_step / train_rows.numel():.2f} epochs")
 print(repr(tok.decode(train_rows[0, :60])))
 """),
 md("""
@@ -144,7 +145,8 @@ fig, ax = plt.subplots(figsize=(7, 2.8))
 ax.plot(steps, lrs)
 for x in (warmup, warmup + stable):
     ax.axvline(x, color="gray", ls=":")
-ax.set(xlabel="optimizer step", ylabel="learning rate", title=f"WSD: {warmup} warmup, {stable} stable, {decay} decay steps")
+ax.set(xlabel="optimizer step", ylabel="learning rate",
+       title=f"WSD: {warmup} warmup, {stable} stable, {decay} decay steps")
 plt.show()
 """),
 code("""
@@ -343,12 +345,14 @@ print(f"max |logits difference| transformers vs ours: {diff:.2e}")
 """),
 code("""
 # NBVAL_CHECK_OUTPUT
-assert all(abs(a - b["loss"]) < 1e-5 for a, b in zip(hand_losses, package_first_steps.history)), (hand_losses, package_first_steps.history)
+assert all(abs(a - b["loss"]) < 1e-5 for a, b in zip(hand_losses, package_first_steps.history)), (
+    hand_losses, package_first_steps.history)
 assert P.ensure_pretrained() == PRETRAINED_DIR
 assert diff < 1e-4, diff
 assert result.final_val_loss < 0.35 * result.val_history[0]["val_loss"]
 assert all(same) and whole.val_history == resumed.val_history
-print("doge_from_scratch.pretrain matches the hand-written loop; the saved model loads in transformers with the same logits")
+print("doge_from_scratch.pretrain matches the hand-written loop; "
+      "the saved model loads in transformers with the same logits")
 """),
 md("""
 ## Exercises
