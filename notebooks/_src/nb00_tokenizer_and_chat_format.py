@@ -59,7 +59,7 @@ named on a Doge model card:
 |---|---|---|
 | `data/pretrain/` | the pretraining corpus | `text` |
 | `data/chat/` | `HuggingFaceTB/smoltalk` (SFT) | `messages` (+ `source`, `task`, `answer`) |
-| `data/preference/` | `HuggingFaceH4/ultrafeedback_binarized` (DPO) | `prompt`, `chosen`, `rejected` message lists (+ scores) |
+| `data/preference/` | `HuggingFaceH4/ultrafeedback_binarized` (DPO) | `prompt`, `chosen`, `rejected` as message lists (+ scores) |
 | `data/reasoning/` | `SmallDoge/Reason-Distill` | `messages` with thought and solution sections |
 
 The conversations come from a handful of tasks with checkable answers - two-digit addition, *which of two
@@ -70,7 +70,7 @@ capitals it was never asked about - so the lessons can show what each training s
 not. Train and test problems never overlap. Like real synthetic chat data, the chat set is not flawless: one of
 its two imitated writer models usually echoes a list it was asked to reverse (lessons 07 and 08 follow what
 that does).
-"""),
+"""),  # noqa: E501 - rows of a markdown table cannot be wrapped
 code("""
 # NBVAL_CHECK_OUTPUT
 for kind in D.DATASET_KINDS:

@@ -206,9 +206,10 @@ md("""
 
 How evenly do tokens spread over the 256 experts? We embed real text (the lesson's pretraining data), normalise it
 as the first layer would, and run it through that layer's router in a randomised MoE model and count how
-often each expert is picked. An untrained router is lopsided: a few experts collect many picks, some none. During training the Switch-style load-balancing loss
-(`router_aux_loss_coef = 0.001`) pushes against that: it multiplies each expert's share of the picks by its
-average router probability and sums, scaled so that a perfectly balanced router scores 1.0.
+often each expert is picked. An untrained router is lopsided: a few experts collect many picks, some none.
+During training the Switch-style load-balancing loss (`router_aux_loss_coef = 0.001`) pushes against that: it
+multiplies each expert's share of the picks by its average router probability and sums, scaled so that a
+perfectly balanced router scores 1.0.
 """),
 code("""
 from doge_from_scratch.moe import load_balancing_loss
