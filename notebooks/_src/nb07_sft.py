@@ -41,7 +41,6 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 import transformers
 
 from doge_from_scratch import DogeForCausalLM
@@ -79,7 +78,9 @@ IGNORE = -100
 
 def render(messages):
     \"\"\"-> (ids, trained): trained[i] is 1 where the assistant wrote token i.\"\"\"
-    enc = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    def enc(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
     ids, trained = [tokenizer.bos_token_id], [0]
     for m in messages:
         header = enc(f"<|start_header_id|>{m['role']}<|end_header_id|>\\n")
@@ -110,7 +111,7 @@ for row in chat_train:
                                         return_assistant_tokens_mask=True)
     mismatches += render(row["messages"]) != (list(ref["input_ids"]), list(ref["assistant_masks"]))
 examples = [example(row["messages"]) for row in chat_train]
-trainable = sum(sum(l != IGNORE for l in e["labels"]) for e in examples)
+trainable = sum(sum(label != IGNORE for label in e["labels"]) for e in examples)
 total = sum(len(e["input_ids"]) for e in examples)
 print(f"conversations differing from apply_chat_template: {mismatches}")
 print(f"tokens: {total}, with a label: {trainable} ({trainable / total:.0%})")
@@ -179,9 +180,12 @@ packed = collate_packed(pack(examples[:12], 96)[:1], 96)       # one row holding
 seq = sequence_ids(packed["position_ids"])[0]
 allowed = (seq[:, None] == seq[None, :]) & torch.ones(96, 96, dtype=torch.bool).tril()
 fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-ax[0].plot(packed["position_ids"][0], ".-"); ax[0].set(title="position_ids of a packed row", xlabel="token")
-ax[1].imshow(allowed, cmap="Greys"); ax[1].set(title="who may attend to whom", xlabel="key", ylabel="query")
-plt.tight_layout(); plt.show()
+ax[0].plot(packed["position_ids"][0], ".-")
+ax[0].set(title="position_ids of a packed row", xlabel="token")
+ax[1].imshow(allowed, cmap="Greys")
+ax[1].set(title="who may attend to whom", xlabel="key", ylabel="query")
+plt.tight_layout()
+plt.show()
 """),
 md("""
 **The test**: the summed NLL (and its gradient) of packed rows equals that of the same conversations padded one
@@ -267,7 +271,9 @@ def cosine_with_min_lr(step, warmup, total, min_rate=0.1):
 total_steps = 100
 plt.figure(figsize=(5, 2.5))
 plt.plot([cosine_with_min_lr(s, math.ceil(0.1 * total_steps), total_steps) for s in range(total_steps + 1)])
-plt.xlabel("optimizer step"); plt.ylabel("LR / peak LR"); plt.title("cosine with min LR ratio 0.1, warmup 0.1")
+plt.xlabel("optimizer step")
+plt.ylabel("LR / peak LR")
+plt.title("cosine with min LR ratio 0.1, warmup 0.1")
 plt.show()
 """),
 md("""
@@ -303,11 +309,15 @@ code("""
 model = copy.deepcopy(pretrained)
 t0 = time.time()
 history = sft.train_sft(model, tokenizer, chat_train, settings, progress=False)
-print(f"{len(history)} optimizer steps in {time.time() - t0:.0f}s; loss {history[0].loss:.3f} -> {history[-1].loss:.3f}")
+print(f"{len(history)} optimizer steps in {time.time() - t0:.0f}s; "
+      f"loss {history[0].loss:.3f} -> {history[-1].loss:.3f}")
 fig, ax = plt.subplots(1, 2, figsize=(10, 3))
-ax[0].plot([h.loss for h in history]); ax[0].set(xlabel="step", ylabel="loss (assistant tokens)", title="SFT loss")
-ax[1].plot([h.lr for h in history]); ax[1].set(xlabel="step", ylabel="LR", title="schedule")
-plt.tight_layout(); plt.show()
+ax[0].plot([h.loss for h in history])
+ax[0].set(xlabel="step", ylabel="loss (assistant tokens)", title="SFT loss")
+ax[1].plot([h.lr for h in history])
+ax[1].set(xlabel="step", ylabel="LR", title="schedule")
+plt.tight_layout()
+plt.show()
 """),
 code("""
 after = evaluate_replies(model, tokenizer, held_out, max_new_tokens=40)
@@ -444,7 +454,8 @@ batch = collate_packed(some_rows, MAX_LEN)
 assert all(torch.equal(batch[k], sft.collate_packed(some_rows, tokenizer.pad_token_id, MAX_LEN)[k]) for k in batch)
 with torch.no_grad():
     ours_sum, ours_n, _ = sft.sft_summed_loss(pretrained, batch)
-    assert torch.allclose(ours_sum, summed_nll(pretrained, batch)[0], rtol=1e-6) and ours_n == summed_nll(pretrained, batch)[1]
+    assert (torch.allclose(ours_sum, summed_nll(pretrained, batch)[0], rtol=1e-6)
+            and ours_n == summed_nll(pretrained, batch)[1])
 assert all(abs(package_schedule(s, 10, 100) - cosine_with_min_lr(s, 10, 100)) < 1e-12 for s in range(101))
 assert after["format"] >= max(before["format"], 0.9) and after["accuracy"] > before["accuracy"]
 print("doge_from_scratch.sft matches the notebook; SFT keeps the chat format and improves accuracy on held-out prompts")
