@@ -91,7 +91,8 @@ def collate(pairs):
     comp = ([[0] * len(p["prompt_ids"]) + [1] * len(p["chosen_ids"]) for p in pairs]
             + [[0] * len(p["prompt_ids"]) + [1] * len(p["rejected_ids"]) for p in pairs])
     T = max(map(len, rows))
-    batch = {k: torch.zeros((len(rows), T), dtype=torch.long) for k in ("input_ids", "attention_mask", "completion_mask")}
+    batch = {k: torch.zeros((len(rows), T), dtype=torch.long)
+             for k in ("input_ids", "attention_mask", "completion_mask")}
     batch["input_ids"].fill_(tokenizer.pad_token_id)
     for i, (r, c) in enumerate(zip(rows, comp)):
         batch["input_ids"][i, :len(r)] = torch.tensor(r)
@@ -172,7 +173,10 @@ plt.plot(d, dpo_losses(d, torch.zeros_like(d), 0, 0, kind="ipo", len_c=10, len_r
 plt.axvline(ipo_target, color="grey", ls=":", lw=1)
 plt.annotate(f"ipo minimum: delta = {ipo_target:.0f}", (ipo_target, 0.2), xytext=(ipo_target + 4, 2.5),
              arrowprops=dict(arrowstyle="->", color="grey"), fontsize=8)
-plt.ylim(0, 5); plt.xlabel("delta (log-ratio difference)"); plt.ylabel("loss"); plt.legend(loc="upper right")
+plt.ylim(0, 5)
+plt.xlabel("delta (log-ratio difference)")
+plt.ylabel("loss")
+plt.legend(loc="upper right")
 plt.title("beta = 0.1: sigmoid keeps falling, hinge is 0 past delta = 10, ipo rises again past its target",
           fontsize=9)
 plt.show()
@@ -200,12 +204,16 @@ t0 = time.time()
 history = dpo.train_dpo(model, sft_model, tokenizer, pref_train, settings, progress=False)
 print(f"{len(history)} steps in {time.time() - t0:.0f}s")
 fig, ax = plt.subplots(1, 3, figsize=(13, 3))
-ax[0].plot([h.loss for h in history]); ax[0].set(title="sigmoid loss + NLL of chosen", xlabel="step")
+ax[0].plot([h.loss for h in history])
+ax[0].set(title="sigmoid loss + NLL of chosen", xlabel="step")
 ax[1].plot([h.metrics["rewards/chosen"] for h in history], label="chosen")
 ax[1].plot([h.metrics["rewards/rejected"] for h in history], label="rejected")
-ax[1].legend(); ax[1].set(title="rewards (training batches)", xlabel="step")
-ax[2].plot([h.metrics["rewards/accuracies"] for h in history]); ax[2].set(title="rewards/accuracies", xlabel="step")
-plt.tight_layout(); plt.show()
+ax[1].legend()
+ax[1].set(title="rewards (training batches)", xlabel="step")
+ax[2].plot([h.metrics["rewards/accuracies"] for h in history])
+ax[2].set(title="rewards/accuracies", xlabel="step")
+plt.tight_layout()
+plt.show()
 """),
 md("""
 **Held-out preference metrics**: on pairs never trained on, does the DPO model rank the chosen answer above the
@@ -291,9 +299,9 @@ md("""
 On the same model, reference and batch, TRL's `DPOTrainer` must compute the same loss and the same four
 metrics. The reference here differs from the policy (a DPO-trained policy against the SFT reference), so the
 rewards are not trivially zero. We let TRL take one optimizer step on 8 pairs and replay its batch through our
-objective, for each of the three losses and for sigmoid plus the NLL term. Needed for TRL: a reference **passed explicitly** (with
-`ref_model=None` and an in-memory model TRL tries to reload the model by name from the Hub),
-`bf16=False`, `use_cpu=True`, `report_to="none"`, `router_aux_loss_coef=0.0`.
+objective, for each of the three losses and for sigmoid plus the NLL term. Needed for TRL: a reference
+**passed explicitly** (with `ref_model=None` and an in-memory model TRL tries to reload the model by name from
+the Hub), `bf16=False`, `use_cpu=True`, `report_to="none"`, `router_aux_loss_coef=0.0`.
 """),
 code("""
 import tempfile
@@ -310,8 +318,8 @@ def trl_one_step(loss_type, sft_weight):
     policy, ref = trl_ready(copy.deepcopy(model)), copy.deepcopy(sft_model).eval()
     loss_types, weights = ([loss_type, "sft"], [1.0, sft_weight]) if sft_weight else ([loss_type], None)
     args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=8, max_steps=1,
-                     learning_rate=settings.lr, beta=0.1, loss_type=loss_types, loss_weights=weights, seed=0, bf16=False,
-                     use_cpu=True, report_to="none", router_aux_loss_coef=0.0, logging_steps=1,
+                     learning_rate=settings.lr, beta=0.1, loss_type=loss_types, loss_weights=weights, seed=0,
+                     bf16=False, use_cpu=True, report_to="none", router_aux_loss_coef=0.0, logging_steps=1,
                      save_strategy="no", disable_tqdm=True, gradient_checkpointing=False)
     data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pref_test[:8]])
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer)
