@@ -1,4 +1,7 @@
-"""Generator for notebooks/09_reasoning_distillation.ipynb (run: python notebooks/_src/nb09_reasoning_distillation.py)."""
+"""Generator for notebooks/09_reasoning_distillation.ipynb.
+
+Run: python notebooks/_src/nb09_reasoning_distillation.py
+"""
 
 from nbbuild import code, md, write_notebook
 
@@ -36,7 +39,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import copy
-import json
 import math
 import time
 import warnings
@@ -107,7 +109,9 @@ def small_student():
         tensor.copy_(state[source])
     return student.eval()
 
-count = lambda m: sum(p.numel() for p in m.parameters())
+def count(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
 student_init = small_student()
 print(f"teacher {count(chat_model) / 1e6:.2f}M parameters ({chat_model.config.num_hidden_layers} layers), "
       f"student {count(student_init) / 1e6:.2f}M ({student_init.config.num_hidden_layers} layers)")
@@ -134,7 +138,8 @@ t0 = time.time()
 seq_student = small_student()
 seq_log = sft.train_sft(seq_student, tokenizer, train_rows, settings, progress=False)
 seq_student.eval()
-print(f"sequence-level: {len(seq_log)} steps, {time.time() - t0:.0f}s, loss {seq_log[0].loss:.2f} -> {seq_log[-1].loss:.2f}")
+print(f"sequence-level: {len(seq_log)} steps, {time.time() - t0:.0f}s, "
+      f"loss {seq_log[0].loss:.2f} -> {seq_log[-1].loss:.2f}")
 """),
 md("""
 ## 4. Logit-level distillation: the generalized Jensen-Shannon divergence
@@ -238,11 +243,11 @@ for name, r in forced.items():
     print(f"{name:32}{r['nll']:>8.3f}{r['token_accuracy']:>11.1%}{r['solution_exact']:>16.1%}")
 """),
 md("""
-Then free generation, the real test: each model answers held-out questions (problems never seen in training) under the card's system prompt, greedy,
-at most 110 new tokens (the longest trace has 109). Two scores from the tasks' checker: **answer + format** (`check_answer` on the reasoning
-record: the reply must have a thought section and a solution section, and the solution must be right) and
-**answer only** (the task's checker on the whole reply, whatever its shape); and **format** alone (a thought
-section, then a solution section).
+Then free generation, the real test: each model answers held-out questions (problems never seen in training)
+under the card's system prompt, greedy, at most 110 new tokens (the longest trace has 109). Two scores from the
+tasks' checker: **answer + format** (`check_answer` on the reasoning record: the reply must have a thought
+section and a solution section, and the solution must be right) and **answer only** (the task's checker on the
+whole reply, whatever its shape); and **format** alone (a thought section, then a solution section).
 """),
 code("""
 from doge_from_scratch.tasks import is_well_formed_reasoning, prompt_and_reference
@@ -260,7 +265,9 @@ def score(model):
         lenient.append(check_answer({"task": row["task"], "answer": row["answer"]}, reply))
         formed.append(is_well_formed_reasoning(reply))
         per_task.setdefault(row["task"], []).append(strict[-1])
-    mean = lambda xs: sum(xs) / len(xs)
+    def mean(xs: list) -> float:
+        return sum(xs) / len(xs)
+
     return {"answer+format": mean(strict), "answer only": mean(lenient), "format": mean(formed),
             **{t: mean(v) for t, v in sorted(per_task.items())}}
 
@@ -279,13 +286,18 @@ fig, ax = plt.subplots(1, 2, figsize=(13, 3.8))
 ax[0].bar(x - 0.2, [forced[n]["solution_exact"] for n in names], 0.4, label="solution exact (teacher-forced)")
 ax[0].bar(x + 0.2, [results[n]["answer+format"] for n in names], 0.4, label="answer + format (generated)")
 ax[0].axhline(forced["teacher (4 layers)"]["solution_exact"], color="k", ls="--", lw=1, label="teacher, solution exact")
-ax[0].set_ylabel("held-out accuracy"); ax[0].set_ylim(0, 1); ax[0].legend(fontsize=8)
+ax[0].set_ylabel("held-out accuracy")
+ax[0].set_ylim(0, 1)
+ax[0].legend(fontsize=8)
 ax[1].bar(x, [forced[n]["nll"] for n in names], 0.5, color="tab:gray")
 ax[1].axhline(forced["teacher (4 layers)"]["nll"], color="k", ls="--", lw=1, label="teacher")
-ax[1].set_ylabel("held-out NLL per trace token"); ax[1].legend(fontsize=8)
+ax[1].set_ylabel("held-out NLL per trace token")
+ax[1].legend(fontsize=8)
 for a in ax:
     a.set_xticks(x, [n.replace("student, ", "") for n in names], rotation=15)
-fig.suptitle("3-layer students on held-out reasoning questions"); plt.tight_layout(); plt.show()
+fig.suptitle("3-layer students on held-out reasoning questions")
+plt.tight_layout()
+plt.show()
 """),
 md("""
 What the tables say (this run; the numbers above are the measurement):
@@ -298,10 +310,11 @@ What the tables say (this run; the numbers above are the measurement):
   reverse KL give small gradients where the student puts little mass) and do not yet write the format.
 - **Free generation, the effect is small because the teacher's is.** Writing its own thought, the teacher is
   right on 10% of these questions (a third of the comparisons; no reversal: in the replies we inspected while
-  building this lesson, a digit of the list was miscopied into the thought, and the rest followed the miscopy). The students can only inherit that: 0% without
-  distillation, 5% sequence-level, 10% with forward KL - the teacher's own score. The 70% teacher-forced figure
-  shows where the gap is: not in turning a thought into a solution, but in writing the thought without a slip,
-  which a 1.6M-parameter model pretrained for four minutes does not do reliably.
+  building this lesson, a digit of the list was miscopied into the thought, and the rest followed the miscopy).
+  The students can only inherit that: 0% without distillation, 5% sequence-level, 10% with forward KL - the
+  teacher's own score. The 70% teacher-forced figure shows where the gap is: not in turning a thought into a
+  solution, but in writing the thought without a slip, which a 1.6M-parameter model pretrained for four minutes
+  does not do reliably.
 """),
 md("""
 ## 6. The card's usage snippet, on the distilled student
@@ -366,8 +379,8 @@ best_logit = min(forced[f"student, logit-level beta={b}"]["nll"] for b in (0.0, 
 assert forced["student, sequence-level"]["nll"] < forced["student, no distillation"]["nll"]
 assert best_logit < forced["student, no distillation"]["nll"]
 best_exact = max(forced[f"student, logit-level beta={b}"]["solution_exact"] for b in (0.0, 0.5, 1.0))
-assert min(forced["student, sequence-level"]["solution_exact"], best_exact) > \
-    forced["student, no distillation"]["solution_exact"]
+assert (min(forced["student, sequence-level"]["solution_exact"], best_exact)
+        > forced["student, no distillation"]["solution_exact"])
 print("doge_from_scratch.distill matches the notebook; both distillations beat the undistilled student")
 """),
 md("""
