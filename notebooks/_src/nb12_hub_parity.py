@@ -31,18 +31,14 @@ compares two implementations number for number, and - when they disagree - says 
 The command-line version of everything here is `python -m doge_from_scratch.parity MODEL`.
 """),
 code("""
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 import transformers
 from safetensors.torch import load_file, save_file
 
@@ -120,7 +116,8 @@ attn = classic.model.layers[0].self_attn
 q = attn.q_proj(x).view(1, 12, -1, attn.head_dim)
 rms = q.pow(2).mean(-1).sqrt()            # [B, T, heads]: what q_norm would divide by
 print("per-token RMS of q, head 0:", [round(v, 2) for v in rms[0, :6, 0].tolist()])
-print(f"spread across tokens and heads: {rms.min().item():.2f} .. {rms.max().item():.2f} (a norm is a no-op only at 1.00)")
+print(f"spread across tokens and heads: {rms.min().item():.2f} .. {rms.max().item():.2f} "
+      "(a norm is a no-op only at 1.00)")
 """),
 md("""
 So the reference for a classic checkpoint is transformers' model with **two labelled changes** - q/k norms
@@ -149,7 +146,8 @@ k_gqa = (x @ k_w.T).view(5, 2, 8)
 k_mha = (x @ expand_kv(k_w, 4, 2, 8).T).view(5, 4, 8)
 print("expanded weights == KV weights copied per query head:",
       torch.equal(expand_kv(k_w, 4, 2, 8).view(2, 2, 8, 32), k_w.view(2, 1, 8, 32).expand(2, 2, 8, 32)))
-# each of the two products is within 32 * 2**-24 * sum_i |x_i w_i| of the exact dot product, so they are within twice that
+# each of the two products is within 32 * 2**-24 * sum_i |x_i w_i| of the exact dot product,
+# so they are within twice that
 bound = 2 * 32 * 2**-24 * (x.abs() @ k_w.abs().T).view(5, 2, 8).repeat_interleave(2, dim=1)
 print("expanded keys == repeat_kv'd keys (to float32 rounding):",
       bool(((k_mha - k_gqa.repeat_interleave(2, dim=1)).abs() <= bound).all()))
@@ -205,7 +203,10 @@ def trace(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[dict, dict]:
 def first_divergence(ours: tuple, ref: tuple, rtol: float = 1e-4, atol: float = 1e-6):
     \"\"\"(name, max|diff|) of the first module whose output differs beyond atol + rtol * max|ref|.\"\"\"
     (out_a, in_a), (out_b, in_b) = ours, ref
-    differs = lambda a, b: a.shape == b.shape and not (a - b).abs().max() <= atol + rtol * b.abs().max()
+
+    def differs(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.shape == b.shape and not (a - b).abs().max() <= atol + rtol * b.abs().max()
+
     for name, a in out_a.items():
         if name in out_b and differs(a, out_b[name]):
             if name in in_a and name in in_b and differs(in_a[name], in_b[name]) and "." in name:
@@ -233,8 +234,12 @@ layer_names = ["model.embed_tokens"] + [f"model.layers.{i}" for i in range(4)] +
 gaps = [(trace_broken[0][n] - trace_small[0][n]).abs().max().item() for n in layer_names]
 plt.figure(figsize=(7, 2.6))
 plt.bar(range(len(gaps)), [max(g, 1e-12) for g in gaps], color=["tab:green" if g == 0 else "tab:red" for g in gaps])
-plt.yscale("log"); plt.xticks(range(len(gaps)), [n.replace("model.", "") for n in layer_names], rotation=30)
-plt.ylabel("max |diff| (0 shown at 1e-12)"); plt.title("where a corrupted layer 2 shows up"); plt.tight_layout(); plt.show()
+plt.yscale("log")
+plt.xticks(range(len(gaps)), [n.replace("model.", "") for n in layer_names], rotation=30)
+plt.ylabel("max |diff| (0 shown at 1e-12)")
+plt.title("where a corrupted layer 2 shows up")
+plt.tight_layout()
+plt.show()
 """),
 md("""
 ## 4. The parity report
@@ -314,9 +319,9 @@ print(parity.format_report(corrupted_report))
 md("""
 ## 5. DMA past the keep window without the full mask
 
-Up to `keep_window_size` keys, the dynamic bias depends on the key only, so lesson 02's bias-inside-q.k path folds it into
-the dot product and never builds a mask. Past the window each query row keeps its `keep_window_size` largest
-biases - a different set per row - and the reference builds the whole [B, heads, T, S] mask to take that top-k.
+Up to `keep_window_size` keys, the dynamic bias depends on the key only, so lesson 02's bias-inside-q.k path
+folds it into the dot product and never builds a mask. Past the window each query row keeps its
+`keep_window_size` largest biases - a different set per row - and the reference builds the whole [B, heads, T, S] mask to take that top-k.
 At 32k tokens that is 4 GiB per head in float32 before the scores are even computed.
 
 The top-k of a row depends only on that row. So we can build the mask **a block of rows at a time**: the same
@@ -369,9 +374,14 @@ block_gib = [(1 + 2 + 2 + 2) / 2 * min(n, 2**24 // (2 * n)) * n * 4 / 2**30 for 
 plt.figure(figsize=(6, 3))
 plt.plot(lengths, full_gib, "o-", label="full [heads, T, S] mask (reference)")
 plt.plot(lengths, block_gib, "o-", label="a block of rows at a time (chunked)")
-plt.xscale("log", base=2); plt.yscale("log"); plt.xlabel("tokens"); plt.ylabel("GiB (float32, one layer), computed")
-plt.legend(); plt.title("attention working set past the keep window: arithmetic, not a measurement", fontsize=9)
-plt.tight_layout(); plt.show()
+plt.xscale("log", base=2)
+plt.yscale("log")
+plt.xlabel("tokens")
+plt.ylabel("GiB (float32, one layer), computed")
+plt.legend()
+plt.title("attention working set past the keep window: arithmetic, not a measurement", fontsize=9)
+plt.tight_layout()
+plt.show()
 """),
 md("""
 The measured version is a benchmark, not a lesson cell: `python -m doge_from_scratch.bench dma` times one
