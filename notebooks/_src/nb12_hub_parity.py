@@ -321,8 +321,9 @@ md("""
 
 Up to `keep_window_size` keys, the dynamic bias depends on the key only, so lesson 02's bias-inside-q.k path
 folds it into the dot product and never builds a mask. Past the window each query row keeps its
-`keep_window_size` largest biases - a different set per row - and the reference builds the whole [B, heads, T, S] mask to take that top-k.
-At 32k tokens that is 4 GiB per head in float32 before the scores are even computed.
+`keep_window_size` largest biases - a different set per row - and the reference builds the whole
+[B, heads, T, S] mask to take that top-k. At 32k tokens that is 4 GiB per head in float32 before the scores are
+even computed.
 
 The top-k of a row depends only on that row. So we can build the mask **a block of rows at a time**: the same
 `topk` call on the same row values keeps the same keys (ties included - with `A = 0` every bias is 1 and
