@@ -6,6 +6,10 @@ cells = [
 md("""
 # Lesson 11 - Evaluation: the model cards' benchmark method, equal to lm-evaluation-harness
 
+> **Run time**: about 90 s on the project's 2-core CPU. **Uses**: the models of lessons 06-10 under `artifacts/`
+> (`pretrained`, `sft`, `dpo`, the distilled students, `grpo`). Opened first, it trains the missing ones with
+> their lessons' recipes (about 20 more minutes); a stage with no recipe to rerun (GRPO) is skipped and said so.
+
 Every Doge card ends with a table like this one (Doge-*-Instruct card):
 
 | Model | IFEval (Prompt Strict Acc) | MMLU | BBH | ARC | PIQA | HellaSwag |
@@ -113,9 +117,10 @@ in one forward pass over context + continuation (minus its last token, which pre
 
 The subtle part is where the context ends and the continuation starts *in tokens*. ARC's prompt is
 `"Question: ...\\nAnswer:"` and each choice is `" " + text` (the target delimiter is a space). A byte-level BPE
-glues a space to the word after it (`' Cairo'` is one token), so the harness (`LM._encode_pair`) moves any trailing space of the
-context into the continuation, encodes context + continuation *as one string*, and splits after as many tokens as
-the context alone has. Encoding the two halves separately could give tokens the model never saw in training.
+glues a space to the word after it (`' Cairo'` is one token), so the harness (`LM._encode_pair`) moves any
+trailing space of the context into the continuation, encodes context + continuation *as one string*, and
+splits after as many tokens as the context alone has. Encoding the two halves separately could give tokens the
+model never saw in training.
 """),
 code(r"""
 # NBVAL_CHECK_OUTPUT
@@ -274,8 +279,9 @@ Now the real harness (lm-eval 0.4.13, pinned) on our model. Its Hugging Face cla
 marks the model causal, `config.max_position_embeddings`, `.device` and a forward that returns `.logits`; ours
 has all four). Only its generation path (IFEval, BBH, GSM8K) asks for more: it calls `generate` the transformers
 way, with `max_length` and `stopping_criteria`, which our decoder does not take; `evaluate.harness_lm` is HFLM
-with that one call translated (`tests/test_evaluate.py` checks it decodes exactly as our `generate` does). Task YAMLs in the layout of its own `arc_easy` and `piqa` configs point at our local files. We
-ask for every sample's log-likelihoods and compare them with our scorer's, item by item.
+with that one call translated (`tests/test_evaluate.py` checks it decodes exactly as our `generate` does).
+Task YAMLs in the layout of its own `arc_easy` and `piqa` configs point at our local files. We ask for every
+sample's log-likelihoods and compare them with our scorer's, item by item.
 """),
 code(r"""
 import contextlib
@@ -391,10 +397,11 @@ How to read it. Scores below chance are possible and informative: a log-likeliho
 its distractors. The breakdown above shows where the ARC-style reversals go: by raw ll the model mostly prefers a
 choice that is *shorter* - the list with its last digit dropped costs one token fewer - or the list echoed as
 given (copying the question is cheap). Dividing by length (`acc_norm`) is the harness's answer to the first
-bias. The PIQA-style decimal comparisons are where the lesson models are far above chance. The IFEval-style floor is high because short replies without
-commas pass two of the three instruction kinds whatever they say; the end-phrase instruction, which no lesson
-data ever taught, is what separates a model that follows instructions. And with 60-100 items per file, the
-standard errors are 3-6 points: differences between stages smaller than about twice that are noise.
+bias. The PIQA-style decimal comparisons are where the lesson models are far above chance. The IFEval-style
+floor is high because short replies without commas pass two of the three instruction kinds whatever they say;
+the end-phrase instruction, which no lesson data ever taught, is what separates a model that follows
+instructions. And with 60-100 items per file, the standard errors are 3-6 points: differences between stages
+smaller than about twice that are noise.
 
 The card's own table (the Doge-*-Instruct model card, real benchmarks, lm-eval), for the format:
 
@@ -425,7 +432,9 @@ for i, c in enumerate(chance):
     if not math.isnan(c):
         left.hlines(100 * c, i - width / 2, i + 0.8 - width / 2, colors="k", linestyles="dashed")
 left.set_xticks([i + 0.4 - width / 2 for i in range(len(columns))], [t for _, t in columns], rotation=20)
-left.set_ylabel("score (%)"); left.set_ylim(0, 100); left.legend(fontsize=8)
+left.set_ylabel("score (%)")
+left.set_ylim(0, 100)
+left.legend(fontsize=8)
 left.set_title("lesson models on the project's benchmark files (dashed: chance, bars: +- 1 stderr)")
 width_c = 0.8 / len(card)
 for k, (name, values) in enumerate(card.items()):
@@ -434,7 +443,9 @@ for i, c in enumerate(card_chance):
     if not math.isnan(c):
         right.hlines(c, i - width_c / 2, i + 0.8 - width_c / 2, colors="k", linestyles="dashed")
 right.set_xticks([i + 0.4 - width_c / 2 for i in range(len(card_tasks))], card_tasks)
-right.set_ylim(0, 100); right.legend(fontsize=8); right.set_title("the card's table (real benchmarks)")
+right.set_ylim(0, 100)
+right.legend(fontsize=8)
+right.set_title("the card's table (real benchmarks)")
 plt.tight_layout()
 plt.show()
 """),
@@ -453,6 +464,47 @@ for (lls, _, _), item in zip(scratch_arc, package_arc.items):
     assert max(abs(a - b) for a, b in zip(lls, item["lls"])) < 1e-4   # one row at a time vs padded batches
 assert evaluate.encode_pair(tokenizer, context, "Cairo") == split_like_the_harness(context, "Cairo")
 print("doge_from_scratch.evaluate gives the notebook's numbers, and lm-eval gives the same")
+"""),md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/11_evaluation.ipynb`.
+
+1. acc and acc_norm of one multiple-choice question (section 3). Predict which of `' a'` and `' a very long
+   answer'` wins acc_norm at log-likelihoods -4 and -5.
+2. The mean and its standard error as the harness reports them (section 5).
+"""),
+code("""
+from doge_from_scratch.exercises import check_choice_metrics, check_mean_stderr
+
+
+def metrics(lls, choices, gold):
+    \"\"\"metrics(lls, choices, gold) -> {"acc": 0/1, "acc_norm": 0/1}: acc picks the largest log-likelihood,
+    acc_norm the largest per CHARACTER of the choice text; ties go to the first (evaluate.choice_metrics).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_choice_metrics(metrics)
+"""),
+code("""
+def mean_and_stderr(values):
+    \"\"\"mean_and_stderr(values) -> (mean, stderr): the standard error of the mean with the sample standard
+    deviation (n - 1), as lm-evaluation-harness reports it (evaluate.mean_stderr).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_mean_stderr(mean_and_stderr)
+"""),
+md("""
+## Further reading
+
+- Gao et al., *The Language Model Evaluation Harness* (EleutherAI, lm-evaluation-harness)
+- Model card: [SmallDoge/Doge-60M-Instruct](https://huggingface.co/SmallDoge/Doge-60M-Instruct) (its
+  evaluation table)
+- Checked against: lm-evaluation-harness (`HFLM`, `acc` / `acc_norm`, `mean_stderr`); our
+  `doge_from_scratch.evaluate`
 """),
 ]
 
