@@ -82,7 +82,8 @@ def measure(config_name: str, batch_size: int, seq_len: int, dtype: str, steps: 
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'config':9s} {'model':30s} {'dtype':9s} {'batch x seq':>11s} {'step ms':>9s} {'tokens/s':>10s} {'ours is':>8s}"
+    header = (f"{'config':9s} {'model':30s} {'dtype':9s} {'batch x seq':>11s} {'step ms':>9s} {'tokens/s':>10s} "
+              f"{'ours is':>8s}")
     print(header)
     print("-" * len(header))
     for r in rows:
