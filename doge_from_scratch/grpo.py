@@ -592,3 +592,25 @@ def ensure_reason_distill(folder: str | Path | None = None, progress: bool = Tru
     tokenizer = load_tokenizer(base)
     history = train_sft(student, tokenizer, list(load_lesson_dataset("reasoning", "train")), settings, progress)
     return save_stage(student, tokenizer, folder, history, settings)
+
+
+def ensure_grpo(folder: str | Path | None = None, settings: GRPOSettings | None = None,
+                progress: bool = True) -> Path:
+    """Lesson 10's GRPO model (lesson 09's student after ``train_grpo`` with the default recipe on 2000 training
+    comparisons), trained here unless ``folder`` (default artifacts/grpo) already holds one."""
+    from .model import DogeForCausalLM
+    from .paths import ARTIFACTS_DIR
+    from .sft import save_stage
+    from .tokenizer import load_tokenizer
+
+    folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "grpo"
+    if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
+        return folder
+    if world_size() > 1:
+        raise RuntimeError("ensure_grpo trains in one process; run it before starting a distributed job")
+    base = ensure_reason_distill(progress=progress)
+    model, tokenizer = DogeForCausalLM.from_pretrained(base), load_tokenizer(base)
+    settings = settings or GRPOSettings()
+    history = train_grpo(model, tokenizer, comparison_records(2000, "train", seed=0), settings=settings,
+                         progress=progress)
+    return save_stage(model, tokenizer, folder, history, settings)

@@ -255,3 +255,10 @@ def test_equal_to_trl(tokenizer, tmp_path, monkeypatch, record_diff, loss_type, 
         assert logs[1]["clip_ratio/region_mean"] > 0  # the second iteration is off-policy enough to clip
     if beta:
         assert logs[0]["kl"] > 0
+
+
+def test_ensure_grpo_keeps_a_finished_folder(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "training_log.json").write_text("{}")
+    monkeypatch.setattr(grpo, "ensure_reason_distill", lambda **_: pytest.fail("must not train"))
+    assert grpo.ensure_grpo(tmp_path) == tmp_path
