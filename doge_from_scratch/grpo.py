@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .train_utils import (OptimizerSettings, StageLoss, StepLog, all_reduce_sum, make_optimizer, make_scheduler,
+from .train_utils import (OptimizerSettings, StageLoss, StepLog, all_reduce_sum, cosine_schedule, make_optimizer,
                           optimizer_step, progress_bar, rank, shard, world_size)
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -483,7 +483,7 @@ def train_grpo(model, tokenizer, records: Sequence[Mapping[str, Any]], reward_fu
     records = list(records)
     torch.manual_seed(s.seed)
     optimizer = make_optimizer(model, s.lr, s.weight_decay, s.betas)
-    scheduler = make_scheduler(optimizer, s.steps * s.num_iterations, s.warmup, s.min_lr_rate)
+    scheduler = cosine_schedule(optimizer, s.steps * s.num_iterations, s.warmup, s.min_lr_rate)
     policy = model.module if hasattr(model, "module") else model
     history: list[GRPOStepLog] = []
     bar = progress_bar(prompt_order(len(records), s.prompts_per_step, s.steps, s.seed), desc="GRPO",

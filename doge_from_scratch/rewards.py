@@ -77,8 +77,8 @@ def _question(prompt: Sequence[Mapping[str, str]] | str) -> str:
 def is_correct(prompt: Sequence[Mapping[str, str]] | str, text: str, task: str, answer: str) -> bool:
     """The task's checker on a reply to ``prompt`` (format required when the prompt's system message asks for it),
     strict format, and no hedging between options."""
-    record: dict[str, Any] = {"task": task, "answer": answer,
-                              "prompt": prompt if not isinstance(prompt, str) else [{"role": "user", "content": prompt}]}
+    messages = prompt if not isinstance(prompt, str) else [{"role": "user", "content": prompt}]
+    record: dict[str, Any] = {"task": task, "answer": answer, "prompt": messages}
     if not check_answer(record, text):
         return False
     solution = extract_solution(text)

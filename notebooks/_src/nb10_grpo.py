@@ -7,9 +7,10 @@ md("""
 # Lesson 10 - GRPO: rewards instead of answers
 
 > **Run time**: about 221 s (under 4 minutes) on the project's 2-core CPU, 210 s of it for the 80 GRPO steps
-> (beside other jobs, load 6-8, a 40-step run took 444 s instead of 152 s). **Uses**: lesson 09's distilled student `artifacts/reason_distill/`
-> (built on lessons 06-07's models). A missing one is trained first with lesson 09's settings
-> (`grpo.ensure_reason_distill`): about 5 minutes for lesson 06's model, a few more for SFT and the student.
+> (beside other jobs, load 6-8, a 40-step run took 444 s instead of 152 s). **Uses**: lesson 09's distilled
+> student `artifacts/reason_distill/` (built on lessons 06-07's models). A missing one is trained first with
+> lesson 09's settings (`grpo.ensure_reason_distill`): about 5 minutes for lesson 06's model, a few more for SFT
+> and the student.
 > **Writes** `artifacts/grpo/`, the model the evaluation lesson loads.
 
 Lesson 09's student writes a thought section and a solution section, but it is right on few questions: SFT on
@@ -85,10 +86,17 @@ code("""
 # NBVAL_CHECK_OUTPUT
 train_prompts = grpo.comparison_records(2000, "train", seed=0)
 held_out = grpo.comparison_records(240, "test", seed=1)
-questions = lambda rows: {r["prompt"][-1]["content"] for r in rows}
+def questions(rows):
+    return {r["prompt"][-1]["content"] for r in rows}
+
+
 print(f"{len(train_prompts)} training prompts, {len(held_out)} held-out prompts, "
       f"shared questions: {len(questions(train_prompts) & questions(held_out))}")
-trap = lambda r: r["prompt"][-1]["content"].split()[-3].split(".")[0] == r["prompt"][-1]["content"].split()[-1].split(".")[0]
+def trap(r):
+    words = r["prompt"][-1]["content"].split()
+    return words[-3].split(".")[0] == words[-1].split(".")[0]
+
+
 print(f"held-out trap questions (same whole part): {sum(map(trap, held_out))}")
 for r in held_out[:3]:
     print(f"  {r['prompt'][-1]['content']!r:45} answer {r['answer']}")
@@ -249,7 +257,7 @@ Each is a *summed* loss over a micro-batch plus an item count (tokens, sequences
 total over the optimizer step is the normaliser; the shared loop of lessons 07-09 (`train_utils.optimizer_step`)
 divides by that total over every micro-batch and every process, so accumulation and DDP give one big batch's
 gradient.
-"""),
+"""),  # noqa: E501 - rows of a markdown table cannot be wrapped
 code("""
 mask = batch["completion_mask"].float()
 L = 112
@@ -328,16 +336,20 @@ series = {"mean reward (accuracy + format)": "reward", "accuracy reward": "rewar
           "format reward": "rewards/format_reward/mean", "completion length (tokens)": "completions/mean_length"}
 fig, ax = plt.subplots(1, 3, figsize=(14, 3.5))
 ax[0].plot(steps, [h.metrics["reward"] for h in history], label="total")
-ax[0].set_title("mean reward per step"); ax[0].set_ylim(0, 2.05)
+ax[0].set_title("mean reward per step")
+ax[0].set_ylim(0, 2.05)
 ax[1].plot(steps, [h.metrics["rewards/accuracy_reward/mean"] for h in history], label="accuracy")
 ax[1].plot(steps, [h.metrics["rewards/format_reward/mean"] for h in history], label="format")
 ax[1].axhline(0.5, color="k", ls="--", lw=1, label="chance (accuracy)")
-ax[1].set_title("training samples: accuracy and format"); ax[1].set_ylim(0, 1.02); ax[1].legend(fontsize=8)
+ax[1].set_title("training samples: accuracy and format")
+ax[1].set_ylim(0, 1.02)
+ax[1].legend(fontsize=8)
 ax[2].plot(steps, [h.metrics["completions/mean_length"] for h in history])
 ax[2].set_title("mean completion length (tokens)")
 for a in ax:
     a.set_xlabel("step")
-plt.tight_layout(); plt.show()
+plt.tight_layout()
+plt.show()
 """),
 md("""
 ## 8. After GRPO: the same held-out questions
@@ -457,6 +469,49 @@ print("doge_from_scratch.grpo matches the notebook's log-probs, loss and advanta
 """),
 code("""
 print(f"lesson run time: {time.time() - lesson_start:.0f}s")
+"""),
+md("""
+## Exercises
+
+Each exercise gives a stub to fill in and a check from `doge_from_scratch.exercises` that runs it on prepared
+inputs: it prints "not yet" while the stub raises `NotImplementedError`, the first input it gets wrong
+(expected against got) otherwise, and "correct" when every case agrees with the package. Solutions:
+`notebooks/solutions/10_grpo.ipynb`.
+
+1. Group-relative advantages (section 4). Predict the advantages of a group whose rewards are all equal.
+2. The clipped token loss (section 5). Replace the min by a max and predict which updates stop being limited.
+"""),
+code("""
+from doge_from_scratch.exercises import check_clipped_loss, check_group_advantages
+
+
+def advantages(rewards, num_generations):
+    \"\"\"advantages(rewards, num_generations) -> [N]: each reward minus its group's mean, divided by the group's
+    sample (n - 1) standard deviation + 1e-4; groups are consecutive rows
+    (grpo.group_advantages(scale_rewards="group")).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_group_advantages(advantages)
+"""),
+code("""
+def clipped_loss(logps, old_logps, advantages, eps_low, eps_high):
+    \"\"\"clipped_loss(logps, old_logps, advantages, eps_low, eps_high) -> [b, C]: per token -min(r A, clip(r, 1 -
+    eps_low, 1 + eps_high) A), r = exp(logps - old_logps). logps, old_logps: [b, C]; advantages: [b]
+    (grpo.clipped_token_loss with beta = 0).\"\"\"
+    raise NotImplementedError  # your code here
+
+
+check_clipped_loss(clipped_loss)
+"""),
+md("""
+## Further reading
+
+- Shao et al., *DeepSeekMath* (GRPO), [arXiv:2402.03300](https://arxiv.org/abs/2402.03300)
+- Schulman et al., *Proximal Policy Optimization Algorithms*,
+  [arXiv:1707.06347](https://arxiv.org/abs/1707.06347)
+- Model card: [SmallDoge/Doge-160M-Reason-Distill](https://huggingface.co/SmallDoge/Doge-160M-Reason-Distill)
+- Checked against: trl `GRPOTrainer` (1.16); our `doge_from_scratch.grpo` and `rewards`
 """),
 ]
 
