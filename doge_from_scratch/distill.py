@@ -17,16 +17,24 @@ the number of those tokens in the optimizer step.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .sft import IGNORE, count_trainable, model_inputs, sft_examples, sft_step_batches
-from .train_utils import OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, train
+from .data import load_lesson_dataset
+from .model import DogeForCausalLM
+from .paths import ARTIFACTS_DIR
+from .sft import (IGNORE, SFTSettings, count_trainable, ensure_sft, model_inputs, save_stage, sft_examples,
+                  sft_step_batches, train_sft)
+from .tokenizer import load_tokenizer
+from .train_utils import (OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, train,
+                          world_size)
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -162,3 +170,42 @@ def collate_padded_examples(examples, pad_token_id: int):
     from .sft import collate_padded
 
     return collate_padded(examples, pad_token_id)
+
+
+def student_without_layer(model: DogeForCausalLM, drop: int) -> DogeForCausalLM:
+    """A student made from ``model`` by leaving out decoder layer ``drop``: every other tensor is copied, the
+    layers after ``drop`` move up by one (lesson 09 drops the second-to-last layer of the chat model)."""
+    config = copy.deepcopy(model.config)
+    keep = [i for i in range(config.num_hidden_layers) if i != drop]
+    config.num_hidden_layers = len(keep)
+    student = DogeForCausalLM(config)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in student.state_dict().items():
+            source = name
+            if name.startswith("model.layers."):
+                i = int(name.split(".")[2])
+                source = name.replace(f"model.layers.{i}.", f"model.layers.{keep[i]}.", 1)
+            tensor.copy_(state[source])
+    return student
+
+
+# lesson 09's sequence-level recipe: SFT of the student on the reasoning traces
+REASON_DISTILL_SETTINGS = SFTSettings(lr=3e-3, epochs=2, max_length=1024, rows_per_micro_batch=2, accumulation=1)
+
+
+def ensure_reason_distill(folder: str | Path | None = None, progress: bool = True) -> Path:
+    """Lesson 09's sequence-level student (the chat model without its second-to-last layer, SFT on the reasoning
+    traces with the lesson's settings), trained here unless ``folder`` (default artifacts/reason_distill) holds it."""
+    folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "reason_distill"
+    if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
+        return folder
+    if world_size() > 1:
+        raise RuntimeError("ensure_reason_distill trains in one process; run it before starting a distributed job")
+    base = ensure_sft(progress=progress)
+    chat = DogeForCausalLM.from_pretrained(base)
+    student = student_without_layer(chat, chat.config.num_hidden_layers - 2)
+    tokenizer = load_tokenizer(base)
+    history = train_sft(student, tokenizer, list(load_lesson_dataset("reasoning", "train")),
+                        REASON_DISTILL_SETTINGS, progress)
+    return save_stage(student, tokenizer, folder, history, REASON_DISTILL_SETTINGS)

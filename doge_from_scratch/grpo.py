@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .distill import ensure_reason_distill
 from .train_utils import (OptimizerSettings, StageLoss, StepLog, all_reduce_sum, cosine_schedule, make_optimizer,
                           optimizer_step, progress_bar, rank, shard, world_size)
 
@@ -556,42 +557,6 @@ def evaluate_reasoning(model, tokenizer, records: Sequence[Mapping[str, Any]], m
     formatted = [is_strictly_formatted(text) for text in replies]
     return {"replies": replies, "correct": correct, "formatted": formatted, "n": len(records),
             "n_correct": sum(correct), "n_formatted": sum(formatted)}
-
-
-def ensure_reason_distill(folder: str | Path | None = None, progress: bool = True) -> Path:
-    """Lesson 09's sequence-level student (3 of the chat model's 4 layers, SFT on the reasoning traces with the
-    lesson's settings), trained here unless ``folder`` (default artifacts/reason_distill) already holds it."""
-    import copy
-
-    from .data import load_lesson_dataset
-    from .model import DogeForCausalLM
-    from .paths import ARTIFACTS_DIR as ARTIFACTS
-    from .sft import SFTSettings, ensure_sft, save_stage, train_sft
-    from .tokenizer import load_tokenizer
-
-    folder = Path(folder) if folder is not None else ARTIFACTS / "reason_distill"
-    if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
-        return folder
-    if world_size() > 1:
-        raise RuntimeError("ensure_reason_distill trains in one process; run it before starting a distributed job")
-    base = ensure_sft(progress=progress)
-    chat = DogeForCausalLM.from_pretrained(base)
-    config = copy.deepcopy(chat.config)
-    n = config.num_hidden_layers
-    keep = [i for i in range(n) if i != n - 2]  # lesson 09 drops the second-to-last layer
-    config.num_hidden_layers = len(keep)
-    student = DogeForCausalLM(config)
-    state = chat.state_dict()
-    for name, tensor in student.state_dict().items():
-        source = name
-        if name.startswith("model.layers."):
-            i = int(name.split(".")[2])
-            source = name.replace(f"model.layers.{i}.", f"model.layers.{keep[i]}.", 1)
-        tensor.copy_(state[source])
-    settings = SFTSettings(lr=3e-3, epochs=2, max_length=1024, rows_per_micro_batch=2, accumulation=1)
-    tokenizer = load_tokenizer(base)
-    history = train_sft(student, tokenizer, list(load_lesson_dataset("reasoning", "train")), settings, progress)
-    return save_stage(student, tokenizer, folder, history, settings)
 
 
 def ensure_grpo(folder: str | Path | None = None, settings: GRPOSettings | None = None,
