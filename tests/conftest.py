@@ -17,6 +17,13 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+if os.environ.get("ATEN_CPU_CAPABILITY") == "default":
+    # ATen's plain-C kernels (CI's "other processor" run): torch.compile's C++ code would still be written for the
+    # machine's vector ISA, against headers built without it, and fail to compile; scalar code matches the kernels.
+    import torch._inductor.config  # noqa: E402
+
+    torch._inductor.config.cpp.simdlen = 1
+
 MEASURED: list[tuple[str, float, float]] = []
 CHECKS: list[dict] = []
 
