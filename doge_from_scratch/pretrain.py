@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .atomic import atomic_save_safetensors, atomic_write_text, replace_folder
+from .checkpoint import CheckpointError
 from .config import DogeConfig
 from .data import data_file, read_jsonl
 from .model import DogeForCausalLM
@@ -278,10 +279,6 @@ LATEST = "latest.json"
 _STEP_DIR = re.compile(r"step_(\d+)")
 # Settings that change nothing a resumed run computes: when and where it reports and saves.
 RESUME_NEUTRAL_FIELDS = frozenset({"eval_every", "checkpoint_every", "keep_checkpoints", "num_threads"})
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing or cannot be read; the message names the file."""
 
 
 def data_fingerprint(rows: torch.Tensor) -> dict[str, Any]:
@@ -620,16 +617,23 @@ def _lock_exclusive(handle) -> None:
 
 
 def generate(model: DogeForCausalLM, input_ids: list[int], max_new_tokens: int = 60, temperature: float = 0.0,
-             top_k: int | None = None, seed: int = 0, stop_ids: Sequence[int] = (1,)) -> list[int]:
-    """Continue one prompt with lesson 05's ``generate`` (KV cache); temperature 0 is greedy. -> new token ids."""
+             top_k: int | None = None, seed: int = 0, stop_ids: Sequence[int] | None = None) -> list[int]:
+    """Continue one prompt with lesson 05's ``generate`` (KV cache); temperature 0 is greedy. -> new token ids.
+
+    Stops after any of ``stop_ids`` (default: the model config's eos_token_id)."""
     from .generation import generate as continue_ids
 
+    if stop_ids is None:
+        eos = model.config.eos_token_id
+        stop_ids = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
     was_training = model.training
     model.eval()
     sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, seed=seed) if temperature > 0 else {}
-    out = continue_ids(model, torch.tensor([list(input_ids)]), max_new_tokens=max_new_tokens,
-                       eos_token_id=list(stop_ids), **sampling)
-    model.train(was_training)
+    try:
+        out = continue_ids(model, torch.tensor([list(input_ids)]), max_new_tokens=max_new_tokens,
+                           eos_token_id=list(stop_ids) or None, **sampling)
+    finally:
+        model.train(was_training)
     new = out[0, len(input_ids):].tolist()
     stop = next((i for i, t in enumerate(new) if t in stop_ids), None)
     return new if stop is None else new[: stop + 1]

@@ -10,9 +10,9 @@ checker written for evaluation was lenient:
 
 - format: exactly one ``<|begin_of_thought|>``, ``<|end_of_thought|>``, ``<|begin_of_solution|>`` and
   ``<|end_of_solution|>``, in that order, nothing but whitespace around them, and neither section empty.
-  (``data.is_well_formed_reasoning`` alone accepts a thought section holding a second thought section, and empty
+  (``tasks.is_well_formed_reasoning`` alone accepts a thought section holding a second thought section, and empty
   sections.)
-- accuracy: the task's own checker (``data.check_answer``, which already demands the format and reads only the
+- accuracy: the task's own checker (``tasks.check_answer``, which already demands the format and reads only the
   solution), and for the two-option decimal comparison a solution that names both options scores 0: "3.9 3.11"
   would otherwise be right whenever the checker's last-number rule happens to land on the answer.
 """

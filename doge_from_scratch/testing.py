@@ -104,12 +104,13 @@ def float32_error_check(name: str, ours: torch.Tensor, reference: torch.Tensor |
     """Compare two float32 results by their distance to the float64 one (same shape, any dims).
 
     ``reference`` may be several float32 evaluations of the same quantity by the reference (its eager and sdpa
-    kernels, the batch in another order): its error is then the largest of theirs. For a tensor of one or two
-    entries (a gradient of ``A``) a single rounding error is a poor estimate of how large float32 rounding is
-    there: two independent errors of the same spread differ by more than 4x one time in six.
+    kernels, the batch in another order): its error is then the largest of theirs. Callers with tensors of one or
+    two entries (a gradient of ``A``) should also stack several batches: a single rounding error is a poor estimate
+    of how large float32 rounding is there (two independent errors of the same spread differ by more than 4x one
+    time in six).
 
-    Returns a dict with ``ours_error``, ``reference_error``, ``scale``, ``bound``, ``ratio`` (ours_error over
-    the larger of the reference's error and the floor: <= ``multiple`` passes) and ``ok``.
+    Returns a dict with ``ours_error``, ``reference_error``, ``scale``, ``bound``, ``ratio`` (``multiple`` times
+    ours_error over the bound: <= ``multiple`` exactly when the check passes) and ``ok``.
     """
     references = reference if isinstance(reference, (list, tuple)) else [reference]
     for tensor in [ours, *references]:
@@ -121,7 +122,8 @@ def float32_error_check(name: str, ours: torch.Tensor, reference: torch.Tensor |
     scale = exact.abs().max().item()
     floor = floor_ulps * F32_EPS * scale
     bound = multiple * reference_error + floor
-    ratio = ours_error / max(reference_error, floor, 1e-300)
+    # ours_error / (reference_error + floor / multiple): <= multiple exactly when ours_error <= bound
+    ratio = multiple * ours_error / max(bound, 1e-300)
     return dict(name=name, ours_error=ours_error, reference_error=reference_error, scale=scale, bound=bound,
                 ratio=ratio, ok=ours_error <= bound)
 

@@ -1,8 +1,9 @@
 """Pieces the training stages share: the optimizer and its weight-decay rule (pretraining too), and for the
-post-training stages (lessons 07-09) their cosine schedule, the accumulation loop and decoding.
+post-training stages (lessons 07-10) their cosine schedule, the accumulation loop and decoding.
 
-The loop is written once for SFT, DPO and distillation. Each stage supplies a function that returns, for one
-micro-batch, a *summed* loss and how many items it counted (tokens for SFT and distillation, pairs for DPO).
+The loop is written once for SFT, DPO, distillation and GRPO. Each stage supplies a function that returns, for one
+micro-batch, a *summed* loss and how many items it counted (tokens for SFT and distillation, pairs for DPO, the
+loss type's normaliser for GRPO).
 The loop divides by the item count of the whole optimizer step - over every micro-batch and every process -
 which is what makes gradient accumulation and DistributedDataParallel give the gradient of one big batch:
 

@@ -79,7 +79,7 @@ md("""
 Each prompt is the card's system prompt and one question "Which number is bigger, x or y?". Half of the
 questions are the trap of the cards' example, the same whole part with one and two decimals (3.9 vs 3.11), where
 a model that compares "9" with "11" gets it wrong. A question's train/test split is a hash of its pair of
-numbers (`data.split_of`), so the held-out questions are pairs GRPO never sees. Chance on a two-way question is
+numbers (`tasks.split_of`), so the held-out questions are pairs GRPO never sees. Chance on a two-way question is
 50% - for a model that always writes a well-formed reply and names one of the two numbers at random.
 """),
 code("""
@@ -110,7 +110,7 @@ they plug unchanged into TRL's `GRPOTrainer`:
 
 - **format**: exactly one `<|begin_of_thought|> ... <|end_of_thought|>` then exactly one
   `<|begin_of_solution|> ... <|end_of_solution|>`, nothing but whitespace outside them, and neither section empty;
-- **accuracy**: the task's own checker (`data.check_answer`: under the card's system prompt it already needs a
+- **accuracy**: the task's own checker (`tasks.check_answer`: under the card's system prompt it already needs a
   thought and a solution and reads only the solution), plus two guards - the strict format, and, for a two-way
   question, a solution that names *both* numbers scores nothing ("3.9 3.11" would otherwise be right whenever the
   checker's last-number rule lands on the answer).
