@@ -54,6 +54,16 @@ def copy_into_reference(ours: torch.nn.Module, reference: torch.nn.Module) -> No
         raise KeyError(f"state dicts differ: missing {real_missing}, unexpected {list(unexpected)}")
 
 
+def model_and_reference(config: DogeConfig, seed: int = 1, attn_implementation: str = "eager"):
+    """(ours, transformers' model) in eval mode with the same ``randomize_``d weights (seed ``seed``)."""
+    from .model import DogeForCausalLM
+
+    ours = randomize_(DogeForCausalLM(config).eval(), seed)
+    reference = reference_model(config, attn_implementation)
+    copy_into_reference(ours, reference)
+    return ours, reference
+
+
 def tiny_model_for(tokenizer, seed: int = 0, **overrides):
     """A randomised ``tiny_config`` model whose vocabulary and special ids are the tokenizer's."""
     from .model import DogeForCausalLM

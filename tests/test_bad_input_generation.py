@@ -6,19 +6,14 @@ import pytest
 import torch
 import transformers
 
-from doge_from_scratch import DogeForCausalLM
 from doge_from_scratch.fast_decode import FastDoge
 from doge_from_scratch.generation import generate
-from doge_from_scratch.testing import copy_into_reference, randomize_, reference_model, tiny_config
+from doge_from_scratch.testing import model_and_reference, tiny_config
 
 
 def make_pair(**overrides):
     torch.manual_seed(0)
-    config = tiny_config(**overrides)
-    ours = randomize_(DogeForCausalLM(config).eval(), seed=1)
-    reference = reference_model(config)
-    copy_into_reference(ours, reference)
-    return ours, reference
+    return model_and_reference(tiny_config(**overrides))
 
 
 def prompt(batch=1, length=12, seed=0, vocab=97):

@@ -11,8 +11,8 @@ from doge_from_scratch.fast_decode import FastDoge
 from doge_from_scratch.generation import (CallbackStreamer, GenerationConfig, ModelStepper, TextIteratorStreamer,
                                           TextStreamer, apply_repetition_penalty, generate, top_k_filter,
                                           top_p_filter)
-from doge_from_scratch.testing import (copy_into_reference, failed_checks, float32_error_check, float64_copy,
-                                       greedy_agreement, randomize_, reference_model, tiny_config)
+from doge_from_scratch.testing import (failed_checks, float32_error_check, float64_copy,
+                                       greedy_agreement, model_and_reference, randomize_, tiny_config)
 
 DENSE = dict()
 MOE = dict(is_moe=True, num_experts=64, num_experts_per_tok=4)
@@ -21,11 +21,7 @@ LONG = dict(keep_window_size=16)  # prompts below are 24 tokens: past the keep w
 
 def make_pair(**overrides):
     torch.manual_seed(0)
-    config = tiny_config(**overrides)
-    ours = randomize_(DogeForCausalLM(config).eval(), seed=1)
-    reference = reference_model(config)
-    copy_into_reference(ours, reference)
-    return ours, reference
+    return model_and_reference(tiny_config(**overrides))
 
 
 def prompt(batch=1, length=24, seed=0, vocab=97):

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from doge_from_scratch import DogeConfig, DogeForCausalLM
-from doge_from_scratch.testing import (copy_into_reference, failed_checks, float32_error_check, float64_copy,
-                                       randomize_, reference_model, tiny_config)
+from doge_from_scratch.testing import (failed_checks, float32_error_check, float64_copy, model_and_reference,
+                                       randomize_, tiny_config)
 
 IMPLS = ("eager", "sdpa")
 BACKENDS = ("auto", "materialised")
@@ -29,11 +29,7 @@ BACKENDS = ("auto", "materialised")
 
 def build_pair(config: DogeConfig, impl: str = "eager", seed: int = 1):
     """(ours, reference) in eval mode with identical, randomised weights."""
-    ours = DogeForCausalLM(config).eval()
-    randomize_(ours, seed)
-    ref = reference_model(config, impl)
-    copy_into_reference(ours, ref)
-    return ours, ref
+    return model_and_reference(config, seed, impl)
 
 
 def random_ids(config: DogeConfig, batch: int, length: int, seed: int = 0) -> torch.Tensor:
