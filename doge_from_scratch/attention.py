@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import handwritten_grad
+from .config import check_dynamic_mask_ratio
 from .layers import RMSNorm, apply_rotary
 
 BACKENDS = ("auto", "materialised", "chunked")
@@ -116,14 +117,6 @@ def dynamic_bias(value_states: torch.Tensor, dt_proj: nn.Linear, A: torch.Tensor
     """
     b, _, s, _ = value_states.shape
     return key_bias(value_states.transpose(1, 2).reshape(b, s, -1), dt_proj.weight, dt_proj.bias, A).transpose(-1, -2)
-
-
-def check_dynamic_mask_ratio(ratio) -> float:
-    """The classic ``dynamic_mask_ratio`` as a float in [0, 1], or a ValueError naming the field."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"DogeConfig.dynamic_mask_ratio={ratio!r}: must be a number in [0, 1] "
-                         "(the share of the keys past keep_window_size that classic attention drops)")
-    return float(ratio)
 
 
 def classic_key_bias(bias: torch.Tensor, keep_window_size: int, dynamic_mask_ratio: float,

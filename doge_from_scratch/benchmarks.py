@@ -23,13 +23,13 @@ Regenerate byte for byte with `python -m doge_from_scratch.benchmarks` (seeded; 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .atomic import write_jsonl
+from .jsonl import read_rows
 from .paths import DATA_DIR
 from .tasks import CAPITALS, TASKS, DataFormatError, Problem, split_of
 
@@ -321,26 +321,15 @@ REQUIRED_FIELDS = {
 
 def read_benchmark(name: str, folder: str | Path = BENCHMARK_DIR) -> list[dict[str, Any]]:
     """The rows of one benchmark file; a missing field or bad JSON names the file, the row (1-based) and the key."""
-    path = benchmark_file(name, folder)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; regenerate with `python -m doge_from_scratch.benchmarks`")
-    rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        where = f"{path}: row {line_no}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+    def check_row(row: Any, where: str) -> None:
         if not isinstance(row, dict):
             raise DataFormatError(f"{where}: expected a JSON object, got {type(row).__name__}")
         missing = [key for key in REQUIRED_FIELDS[name] if key not in row]
         if missing:
             needs = list(REQUIRED_FIELDS[name])
             raise DataFormatError(f"{where}: missing field(s) {missing} (a {name} row needs {needs})")
-        rows.append(row)
-    if not rows:
-        raise DataFormatError(f"{path}: no rows")
-    return rows
+
+    return read_rows(benchmark_file(name, folder), check_row, "python -m doge_from_scratch.benchmarks")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -56,6 +56,14 @@ _PRESET_COMMON = dict(
 )
 
 
+def check_dynamic_mask_ratio(ratio) -> float:
+    """The classic ``dynamic_mask_ratio`` as a float in [0, 1], or a ValueError naming the field."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"DogeConfig.dynamic_mask_ratio={ratio!r}: must be a number in [0, 1] "
+                         "(the share of the keys past keep_window_size that classic attention drops)")
+    return float(ratio)
+
+
 class DogeConfigError(ValueError, TypeError):
     """A config field with an impossible value or type; the message names the field.
 
@@ -245,8 +253,6 @@ class DogeConfig(PreTrainedConfig):
             fail("attention_dropout", "must be in [0, 1)")
         if not _positive_finite(self.rms_norm_eps):
             fail("rms_norm_eps", "must be a finite number > 0")
-        from .attention import check_dynamic_mask_ratio  # the rule lives beside the attention that applies it
-
         try:
             check_dynamic_mask_ratio(self.dynamic_mask_ratio)
         except ValueError as err:

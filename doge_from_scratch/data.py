@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 from .atomic import replace_folder, write_jsonl
 from .benchmarks import write_benchmarks
+from .jsonl import read_rows
 from .paths import DATA_DIR
 from .tasks import TASKS, DataFormatError, Problem, ReverseDigitsTask, Task, asks_in_writer_b_phrasing
 from .tokenizer import BEGIN_SOLUTION, BEGIN_THOUGHT, END_SOLUTION, END_THOUGHT, render_chat_text, train_bpe_tokenizer
@@ -290,24 +290,7 @@ def validate_row(kind: str, row: Any, where: str) -> None:
 
 def read_jsonl(path: str | Path, kind: str) -> list[dict[str, Any]]:
     """Read and validate a jsonl file of `kind` rows; errors name the file, the row (1-based line) and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; regenerate with `python -m doge_from_scratch.data`")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            where = f"{path}: row {line_no}"
-            if not line.strip():
-                raise DataFormatError(f"{where}: empty line")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
-            validate_row(kind, row, where)
-            rows.append(row)
-    if not rows:
-        raise DataFormatError(f"{path}: no rows")
-    return rows
+    return read_rows(path, lambda row, where: validate_row(kind, row, where), "python -m doge_from_scratch.data")
 
 
 def load_lesson_dataset(kind: str, split: str = "train", data_dir: str | Path = DATA_DIR):

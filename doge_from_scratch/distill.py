@@ -30,11 +30,10 @@ import torch.nn.functional as F
 from .data import load_lesson_dataset
 from .model import DogeForCausalLM
 from .paths import ARTIFACTS_DIR
-from .sft import (IGNORE, SFTSettings, count_trainable, ensure_sft, model_inputs, save_stage, sft_examples,
-                  sft_step_batches, train_sft)
-from .tokenizer import load_tokenizer
-from .train_utils import (OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, train,
-                          world_size)
+from .sft import (IGNORE, SFTSettings, collate_padded, count_trainable, ensure_sft, model_inputs, save_stage,
+                  sft_examples, sft_step_batches, train_sft)
+from .tokenizer import BEGIN_SOLUTION, load_tokenizer
+from .train_utils import OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, train, world_size
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -129,15 +128,13 @@ def trace_metrics(model, tokenizer, records: Sequence[Mapping[str, Any]], batch_
     records whose every token from ``<|begin_of_solution|>`` to the end of the turn is predicted exactly (the
     answer, given the reference thought).
     """
-    from .tokenizer import BEGIN_SOLUTION
-
     model.eval()
     begin = tokenizer.convert_tokens_to_ids(BEGIN_SOLUTION)
     examples = sft_examples(tokenizer, records)
     nll_sum, count, correct, exact = 0.0, 0, 0, 0
     for start in range(0, len(examples), batch_rows):
         chunk = examples[start:start + batch_rows]
-        batch = collate_padded_examples(chunk, tokenizer.pad_token_id)
+        batch = collate_padded(chunk, tokenizer.pad_token_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         targets = batch["labels"][:, 1:]
         trained = targets != IGNORE
@@ -164,12 +161,6 @@ def solution_mask(targets: torch.Tensor, trained: torch.Tensor, begin_id: int) -
     if len(starts):
         mask[int(starts[0]):] = trained[int(starts[0]):]
     return mask
-
-
-def collate_padded_examples(examples, pad_token_id: int):
-    from .sft import collate_padded
-
-    return collate_padded(examples, pad_token_id)
 
 
 def student_without_layer(model: DogeForCausalLM, drop: int) -> DogeForCausalLM:

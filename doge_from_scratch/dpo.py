@@ -28,7 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .data import load_lesson_dataset
+from .model import DogeForCausalLM
 from .paths import ARTIFACTS_DIR
+from .sft import ensure_sft, save_stage
+from .tokenizer import load_tokenizer
 from .train_utils import (OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, step_groups,
                           token_nll, train, world_size)
 
@@ -247,11 +251,6 @@ def preference_metrics(model, ref_model, tokenizer, records: Sequence[Mapping[st
 def ensure_dpo(folder: str | Path | None = None, sft_folder: str | Path | None = None,
                settings: DPOSettings | None = None, progress: bool = True) -> Path:
     """The DPO model of lesson 08, trained from the SFT model (``ensure_sft``) unless ``folder`` has one."""
-    from .data import load_lesson_dataset
-    from .model import DogeForCausalLM
-    from .sft import ensure_sft, save_stage
-    from .tokenizer import load_tokenizer
-
     folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "dpo"
     if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
         return folder

@@ -32,6 +32,7 @@ model instance as it is (``harness_lm``; tests/test_evaluate.py holds the two to
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import re
 import string
@@ -42,9 +43,50 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .benchmarks import BENCHMARK_DIR, read_benchmark
-from .tasks import DataFormatError
+from .checkpoint import CheckpointError, resolve_folder
+from .data import REASONING_SYSTEM_PROMPT
+from .generation import chat_replies
+from .model import DogeForCausalLM
+from .parity import _quiet_transformers
+from .tasks import DataFormatError, check_answer, cut_at_end_of_turn, prompt_and_reference
+from .tokenizer import BEGIN_SOLUTION, END_SOLUTION, END_THOUGHT, load_tokenizer
+from .train_utils import progress_bar
+
+# ------------------------------------- free generation judged by the lesson tasks' checkers (lessons 07-10)
+
+def follows_chat_format(reply: str, eos_token: str) -> bool:
+    """The turn ends with the end-of-turn token and contains no new header (it answered, then stopped)."""
+    return eos_token in reply and "<|start_header_id|>" not in reply.split(eos_token, 1)[0]
+
+
+def evaluate_replies(model: nn.Module, tokenizer, records: Sequence[dict[str, Any]], max_new_tokens: int = 64,
+                     progress: bool = False, batch_size: int = 1) -> dict[str, Any]:
+    """Generate a reply to each record's prompt and score it with the task's own checker.
+
+    Returns accuracy (checker says right), format (stopped with end-of-turn), per-task accuracy and the replies.
+    ``batch_size`` > 1 generates that many prompts at once (left-padded; much faster, the same replies up to
+    float32 round-off in the padded rows).
+    """
+    records = list(records)
+    prompts = [prompt_and_reference(record)[0] for record in records]
+    generated = []
+    for start in progress_bar(range(0, len(records), batch_size), desc="generate", disable=not progress):
+        generated += chat_replies(model, tokenizer, prompts[start:start + batch_size], max_new_tokens, batch_size)
+    replies, right, formatted, per_task = [], [], [], {}
+    for record, reply in zip(records, generated):
+        ok = bool(check_answer(record, reply))
+        replies.append(reply)
+        right.append(ok)
+        formatted.append(follows_chat_format(reply, tokenizer.eos_token))
+        per_task.setdefault(record.get("task", "?"), []).append(ok)
+    n = max(1, len(records))
+    return {"accuracy": sum(right) / n, "format": sum(formatted) / n,
+            "per_task": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
+            "replies": replies, "correct": right}
+
 
 # ------------------------------------------------------------------------------------------- statistics
 
@@ -366,8 +408,6 @@ def ifeval_scores(rows: Sequence[Mapping[str, Any]], responses: Sequence[str]) -
 def after_thinking(reply: str, think_end: str) -> str:
     """The answer part of a reasoning reply: what follows the last ``think_end`` (the harness's ``think_end_token``
     rule; the whole reply when there is none), without our solution-section tags."""
-    from .tokenizer import BEGIN_SOLUTION, END_SOLUTION
-
     answer = reply.split(think_end)[-1].lstrip()
     return answer.replace(BEGIN_SOLUTION, "").replace(END_SOLUTION, "").strip()
 
@@ -375,13 +415,10 @@ def after_thinking(reply: str, think_end: str) -> str:
 def _replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
              system_prompt: str | None = None, think_end: str | None = None) -> list[str]:
     """Greedy one-turn chat replies, cut at the end of the turn (and after the thinking, for a reasoning model)."""
-    from .tasks import cut_at_end_of_turn as _cut_at_end_of_turn
-    from .generation import chat_replies
-
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     replies = chat_replies(model, tokenizer, [system + [{"role": "user", "content": p}] for p in prompts],
                            max_new_tokens, batch_size)
-    replies = [_cut_at_end_of_turn(r) for r in replies]
+    replies = [cut_at_end_of_turn(r) for r in replies]
     return [after_thinking(r, think_end) for r in replies] if think_end else replies
 
 
@@ -396,9 +433,6 @@ class ChatFormat:
 
 def reasoning_format(max_new_tokens: int = 160) -> ChatFormat:
     """The Reason-Distill card's system prompt; the answer is what follows ``<|end_of_thought|>``."""
-    from .data import REASONING_SYSTEM_PROMPT
-    from .tokenizer import END_THOUGHT
-
     return ChatFormat(REASONING_SYSTEM_PROMPT, END_THOUGHT, max_new_tokens)
 
 
@@ -497,8 +531,6 @@ def harness_lm(model, tokenizer, batch_size: int = 16):
     ``max_new_tokens`` and has no stopping criteria, so ``_model_generate`` translates: the budget becomes
     ``max_new_tokens`` and the stop strings are left to the harness, which cuts every generation at them anyway.
     """
-    import logging
-
     from lm_eval.models.huggingface import HFLM
 
     # its warning about being handed a model instance (ours, on purpose) would bury a failure's one line
@@ -530,10 +562,6 @@ def run_harness_tasks(model, tokenizer, tasks: Sequence[str], limit: int | None,
 
 def load_model_and_tokenizer(name_or_path: str):
     """Our loader (every checkpoint generation, safetensors only) and the tokenizer stored beside the weights."""
-    from .checkpoint import resolve_folder
-    from .model import DogeForCausalLM
-    from .tokenizer import load_tokenizer
-
     folder = resolve_folder(name_or_path)
     return DogeForCausalLM.from_pretrained(folder).eval(), load_tokenizer(folder)
 
@@ -561,9 +589,6 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .parity import _quiet_transformers
-
     args = build_parser().parse_args(argv)
     _quiet_transformers()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

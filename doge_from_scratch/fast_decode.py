@@ -44,6 +44,7 @@ from .attention import (attend_bias_in_qk, attend_materialised, causal_padding_m
 from .cache import StaticKVCache
 from .int8 import Int8Weight, linear, quantise
 from .layers import rms_norm, rotate
+from .model import DogeForCausalLM
 from .moe import ACT_FNS, route_tokens, routed_experts
 
 WEIGHTS = ("float", "int8")
@@ -127,8 +128,9 @@ def layer_arguments(layer: PackedWeights) -> tuple:
 class FastDoge:
     """Inference-only copy of a ``DogeForCausalLM`` (native or classic attention) with fused weights.
 
-    ``FastDoge(model, dtype=torch.bfloat16)`` then ``fast.generate(ids, max_new_tokens=...)`` or
-    ``generation.generate(fast, ...)``. The source model is not modified and may be dropped.
+    ``FastDoge(model, dtype=torch.bfloat16)`` then ``generation.generate(fast, ids, max_new_tokens=...)``
+    (``model.generate`` builds and keeps one itself, see ``fast_decoder_for``). The source model is not
+    modified and may be dropped.
     """
 
     def __init__(self, model, dtype: torch.dtype | None = None, compile: bool | str = False,
@@ -229,12 +231,6 @@ class FastDoge:
     # -- public ----------------------------------------------------------------------------------
     def make_stepper(self, batch_size: int, max_length: int) -> FastStepper:
         return FastStepper(self, batch_size, max_length)
-
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 generation_config=None, streamer=None, **settings) -> torch.Tensor:
-        from .generation import generate
-
-        return generate(self, input_ids, attention_mask, generation_config, streamer, **settings)
 
     def weight_bytes(self) -> int:
         tensors = [self.embed, self.final_norm] + ([] if self.lm_head is self.embed else [self.lm_head])
@@ -426,8 +422,6 @@ def why_not_fast(model) -> str | None:
     model in training mode (dropout on, weights about to move) or a subclass that may change the
     forward pass keeps the teaching path.
     """
-    from .model import DogeForCausalLM
-
     if type(model) is not DogeForCausalLM:
         return f"{type(model).__name__} is not a plain DogeForCausalLM"
     if model.training:

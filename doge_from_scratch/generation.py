@@ -28,7 +28,8 @@ from typing import Any, Protocol
 
 import torch
 
-from .cache import StaticKVCache
+from .cache import KVCache, StaticKVCache
+from .fast_decode import FastDoge, fast_decoder_for, why_not_fast
 from .model import check_token_ids
 
 
@@ -361,8 +362,6 @@ class ModelStepper:
     """
 
     def __init__(self, model, batch_size: int, max_length: int, cache: str = "static") -> None:
-        from .cache import KVCache
-
         if cache not in ("static", "dynamic", "none"):
             raise ValueError(f"cache={cache!r}: choose 'static', 'dynamic' or 'none'")
         self.model = model
@@ -393,11 +392,11 @@ class ModelStepper:
         return self._run(tokens[:, None], attention_mask, position_ids[:, None])
 
 
-def make_stepper(model, batch_size: int, max_length: int, cache: str) -> Stepper:
-    """The model's own stepper if it has one (``fast_decode.FastDoge``), else a ``ModelStepper``."""
-    if hasattr(model, "make_stepper"):
-        return model.make_stepper(batch_size, max_length)
-    return ModelStepper(model, batch_size, max_length, cache)
+def make_stepper(decoder, batch_size: int, max_length: int, cache: str) -> Stepper:
+    """A ``FastDoge``'s own ``FastStepper``, or a ``ModelStepper`` driving the teaching model with ``cache``."""
+    if isinstance(decoder, FastDoge):
+        return decoder.make_stepper(batch_size, max_length)
+    return ModelStepper(decoder, batch_size, max_length, cache)
 
 
 DECODERS = ("auto", "fast", "teaching")
@@ -410,11 +409,9 @@ def choose_decoder(model, decoder: str, cache: str | None):
     nothing against it (eval mode, a plain ``DogeForCausalLM``): same numbers, less overhead. "teaching" runs
     the model's own forward with the named cache (lesson 05's step-by-step build); "fast" insists.
     """
-    from .fast_decode import fast_decoder_for, why_not_fast
-
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r}: choose one of {DECODERS}")
-    if hasattr(model, "make_stepper") or decoder == "teaching" or decoder == "auto" and cache is not None:
+    if isinstance(model, FastDoge) or decoder == "teaching" or decoder == "auto" and cache is not None:
         return model
     reason = why_not_fast(model) or (f"cache={cache!r} names a teaching-model cache" if cache is not None else None)
     if reason is None:
@@ -452,7 +449,7 @@ def kv_cache_bytes(model, batch: int, length: int) -> int:
     The fast decoder stores float32 whatever the weights; the teaching model's cache takes the weights' dtype.
     """
     config = model.config
-    fast = hasattr(model, "make_stepper")
+    fast = isinstance(model, FastDoge)
     element = 4 if fast else next(model.parameters()).element_size()
     per_position = 2 * config.num_key_value_heads * config.head_dim + (config.num_attention_heads if fast else 0)
     return config.num_hidden_layers * batch * length * per_position * element
@@ -559,6 +556,20 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if streamer is not None:
         streamer.end()
     return torch.cat((input_ids, torch.stack(new_tokens, dim=1)), dim=1)
+
+
+def continue_text(model, tokenizer, prompt: str, max_new_tokens: int = 60, **settings) -> str:
+    """``prompt`` and the model's continuation of it as raw text, the way pretraining saw text: a bos in front,
+    no chat template. Greedy unless ``settings`` say otherwise (``do_sample=True, seed=...``); stops at the
+    model's eos, which is kept in the text. The model's training mode is restored afterwards."""
+    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    was_training = model.training
+    model.eval()
+    try:
+        out = generate(model, ids, max_new_tokens=max_new_tokens, **settings)
+    finally:
+        model.train(was_training)
+    return prompt + tokenizer.decode(out[0, ids.shape[1]:].tolist())
 
 
 def chat_reply(model, tokenizer, messages: Sequence[Mapping[str, str]], max_new_tokens: int = 64,

@@ -30,6 +30,7 @@ gradient accumulation steps).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .data import REASONING_SYSTEM_PROMPT
 from .distill import ensure_reason_distill
+from .generation import chat_replies
+from .model import DogeForCausalLM
+from .paths import ARTIFACTS_DIR
+from .rewards import REWARD_FUNCS, is_correct, is_strictly_formatted
+from .sft import save_stage
+from .tasks import TASKS, prompt_and_reference
+from .tokenizer import load_tokenizer
 from .train_utils import (OptimizerSettings, StageLoss, StepLog, all_reduce_sum, cosine_schedule, make_optimizer,
                           optimizer_step, progress_bar, rank, shard, world_size)
 
@@ -448,8 +457,6 @@ def grpo_round(model, rollout: Rollout, rewards_per_func: torch.Tensor, optimize
 def record_prompt(record: Mapping[str, Any]) -> list[dict[str, str]]:
     """The messages to prompt with: a ``prompt`` field (TRL's prompt-only layout), else everything before the
     record's last assistant turn (chat and reasoning rows)."""
-    from .tasks import prompt_and_reference
-
     prompt = record.get("prompt")
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
@@ -476,8 +483,6 @@ def train_grpo(model, tokenizer, records: Sequence[Mapping[str, Any]], reward_fu
     A record's prompt is ``record_prompt(record)``; its other fields (task, answer) reach the reward
     functions as columns. ``model`` may be wrapped in DistributedDataParallel.
     """
-    from .rewards import REWARD_FUNCS
-
     s = settings or GRPOSettings()
     reward_funcs = list(reward_funcs or REWARD_FUNCS)
     names = [reward_name(f) for f in reward_funcs]
@@ -513,11 +518,6 @@ def train_grpo(model, tokenizer, records: Sequence[Mapping[str, Any]], reward_fu
 
 def comparison_records(n: int, split: str, seed: int) -> list[dict[str, Any]]:
     """``n`` distinct decimal-comparison questions of ``split`` under the card's reasoning system prompt."""
-    import random
-
-    from .data import REASONING_SYSTEM_PROMPT
-    from .tasks import TASKS
-
     rng, seen, out = random.Random(seed), set(), []
     task = TASKS["compare_decimals"]
     while len(out) < n:
@@ -548,9 +548,6 @@ def evaluate_reasoning(model, tokenizer, records: Sequence[Mapping[str, Any]], m
     Returns the replies, per-record ``correct`` (``rewards.is_correct``: right, well formed, not hedging) and
     ``formatted`` (``rewards.is_strictly_formatted``) flags, and their counts.
     """
-    from .generation import chat_replies
-    from .rewards import is_correct, is_strictly_formatted
-
     prompts = [record_prompt(r) for r in records]
     replies = chat_replies(model, tokenizer, prompts, max_new_tokens, batch_size)
     correct = [is_correct(p, text, r["task"], r["answer"]) for p, text, r in zip(prompts, replies, records)]
@@ -563,11 +560,6 @@ def ensure_grpo(folder: str | Path | None = None, settings: GRPOSettings | None 
                 progress: bool = True) -> Path:
     """Lesson 10's GRPO model (lesson 09's student after ``train_grpo`` with the default recipe on 2000 training
     comparisons), trained here unless ``folder`` (default artifacts/grpo) already holds one."""
-    from .model import DogeForCausalLM
-    from .paths import ARTIFACTS_DIR
-    from .sft import save_stage
-    from .tokenizer import load_tokenizer
-
     folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "grpo"
     if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
         return folder

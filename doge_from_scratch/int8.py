@@ -111,6 +111,8 @@ def int8_quality(model, validation_rows: torch.Tensor, prompt: torch.Tensor, new
     the first disagreement (after it the two continuations read different text), ``greedy_same_position``
     counts every position where the two continuations hold the same token.
     """
+    # int8 is a layer below the decoder (fast_decode packs its weights with ``quantise``); measuring it needs
+    # the whole decoder, so this one function imports upwards, when called
     from .fast_decode import FastDoge
     from .generation import generate
 
@@ -141,16 +143,6 @@ def int8_quality(model, validation_rows: torch.Tensor, prompt: torch.Tensor, new
             "greedy_tokens": new_tokens,
             "weights_mib_float32": sum(p.numel() * 4 for p in reference.parameters()) / 2 ** 20,
             "weights_mib_int8": fast.weight_bytes() / 2 ** 20}
-
-
-def lesson_validation_rows(limit_docs: int = 64, seq_len: int = 128, data_dir=None) -> torch.Tensor:
-    """Packed rows [N, seq_len] of the pretraining lesson's validation split ("test"), with the lesson tokenizer."""
-    from .paths import DATA_DIR
-    from .pretrain import load_corpus, pack_documents
-    from .tokenizer import load_tokenizer
-
-    folder = DATA_DIR if data_dir is None else data_dir
-    return pack_documents(load_corpus("test", limit_docs, folder), load_tokenizer(), seq_len)
 
 
 def summarise(rows: Sequence[dict]) -> str:

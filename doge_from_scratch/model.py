@@ -19,6 +19,8 @@ from transformers.utils import ModelOutput
 
 from . import handwritten_grad
 from .attention import BACKENDS, DogeAttention, causal_padding_mask, packed_sequence_ids
+from .cache import KVCache
+from .checkpoint import load_pretrained, save_pretrained
 from .config import DogeConfig
 from .layers import RMSNorm, RotaryEmbedding
 from .moe import DogeCDMoE, DogeMLP, load_balancing_loss
@@ -110,15 +112,11 @@ class DogePreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, folder, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                         **config_overrides):
         """Load a Hugging Face model folder (any Doge generation, safetensors only). See ``checkpoint``."""
-        from .checkpoint import load_pretrained
-
         return load_pretrained(cls, folder, dtype=dtype, device=device, **config_overrides)
 
     def save_pretrained(self, folder, state_dict: dict | None = None, max_shard_size: int | str | None = None,
                         **_ignored) -> None:
         """Write ``config.json`` and safetensors weights that transformers loads into the same model."""
-        from .checkpoint import save_pretrained
-
         save_pretrained(self, folder, state_dict=state_dict, max_shard_size=max_shard_size)
 
 
@@ -176,8 +174,6 @@ class DogeModel(DogePreTrainedModel):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, t, _ = x.shape
         if use_cache and past_key_values is None:
-            from .cache import KVCache
-
             past_key_values = KVCache()
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:

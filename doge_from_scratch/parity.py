@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from . import debug
@@ -259,8 +260,6 @@ def load_reference(folder: Path, dtype: torch.dtype, device: torch.device, trust
 
 def checkpoint_generation(folder: Path) -> str:
     """A, B or C from the tensor names alone (the headers; no tensor is read)."""
-    from safetensors import safe_open
-
     keys = []
     for file in weight_files(folder):
         with safe_open(str(file), framework="pt") as f:

@@ -44,7 +44,7 @@ from .data import data_file, read_jsonl
 from .model import DogeForCausalLM
 from .paths import DATA_DIR, PRETRAINED_DIR, TOKENIZER_DIR
 from .tokenizer import load_tokenizer
-from .train_utils import make_optimizer, progress_bar
+from .train_utils import StageLoss, make_optimizer, optimizer_step, progress_bar
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,6 +183,12 @@ def load_corpus(split: str, limit: int | None = None, data_dir: str | Path = DAT
     return [row["text"] for row in rows[:limit]]
 
 
+def validation_rows(limit_docs: int | None = 64, seq_len: int = 128, data_dir: str | Path = DATA_DIR) -> torch.Tensor:
+    """Packed rows [N, seq_len] of the validation split ("test"), with the lesson tokenizer (what int8's quality
+    check and the benchmarks score on)."""
+    return pack_documents(load_corpus("test", limit_docs, data_dir), load_tokenizer(), seq_len)
+
+
 class RowSchedule:
     """Which packed rows make up each micro-batch: a fresh seeded shuffle per epoch.
 
@@ -236,23 +242,22 @@ def lm_loss(model: DogeForCausalLM, rows: torch.Tensor, bf16: bool) -> torch.Ten
         return model(input_ids=rows, labels=rows).loss.float()
 
 
+def packed_rows_loss(bf16: bool) -> StageLoss:
+    """Pretraining's loss in the shape ``train_utils.optimizer_step`` takes: each micro-batch of packed rows is one
+    item, its mean next-token loss. Every packed row holds the same number of tokens, so the mean of the micro-batch
+    means is the step's mean over tokens, and one process or several compute the same step."""
+    return StageLoss(lambda model, batch: (lm_loss(model, batch["input_ids"], bf16), 1, {}), count=lambda batch: 1)
+
+
 def train_step(state: TrainState, train_rows: torch.Tensor, schedule: RowSchedule, cfg: PretrainConfig) -> dict:
-    """One optimizer step over `grad_accum_steps` micro-batches. Returns the step's log entry."""
-    model, optimizer = state.model, state.optimizer
-    lr = optimizer.param_groups[0]["lr"]
-    total = 0.0
-    for micro in range(cfg.grad_accum_steps):
-        rows = train_rows[schedule.rows(state.step * cfg.grad_accum_steps + micro)]
-        # Equal token counts per micro-batch, so the mean of micro-batch means is the step's mean loss.
-        loss = lm_loss(model, rows, cfg.bf16) / cfg.grad_accum_steps
-        loss.backward()
-        total += loss.item()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    optimizer.step()
-    state.scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    """One optimizer step over `grad_accum_steps` micro-batches (``train_utils.optimizer_step``, the loop every
+    training stage shares). Returns the step's log entry."""
+    first = state.step * cfg.grad_accum_steps
+    micro_batches = [{"input_ids": train_rows[schedule.rows(first + micro)]} for micro in range(cfg.grad_accum_steps)]
+    log = optimizer_step(state.model, micro_batches, packed_rows_loss(cfg.bf16), state.optimizer, state.scheduler,
+                         cfg.max_grad_norm, step=state.step + 1)
     state.step += 1
-    entry = {"step": state.step, "loss": total, "lr": lr, "grad_norm": float(grad_norm)}
+    entry = {"step": state.step, "loss": log.loss, "lr": log.lr, "grad_norm": log.grad_norm}
     state.history.append(entry)
     return entry
 
@@ -609,47 +614,6 @@ def _lock_exclusive(handle) -> None:
     except ImportError:  # not POSIX: no lock, at worst two processes train the same model
         return
     fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Looking at what the model writes
-# ----------------------------------------------------------------------------------------------------------
-
-
-def generate(model: DogeForCausalLM, input_ids: list[int], max_new_tokens: int = 60, temperature: float = 0.0,
-             top_k: int | None = None, seed: int = 0, stop_ids: Sequence[int] | None = None) -> list[int]:
-    """Continue one prompt with lesson 05's ``generate`` (KV cache); temperature 0 is greedy. -> new token ids.
-
-    Stops after any of ``stop_ids`` (default: the model config's eos_token_id)."""
-    from .generation import generate as continue_ids
-
-    if stop_ids is None:
-        eos = model.config.eos_token_id
-        stop_ids = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
-    was_training = model.training
-    model.eval()
-    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, seed=seed) if temperature > 0 else {}
-    try:
-        out = continue_ids(model, torch.tensor([list(input_ids)]), max_new_tokens=max_new_tokens,
-                           eos_token_id=list(stop_ids) or None, **sampling)
-    finally:
-        model.train(was_training)
-    new = out[0, len(input_ids):].tolist()
-    stop = next((i for i, t in enumerate(new) if t in stop_ids), None)
-    return new if stop is None else new[: stop + 1]
-
-
-def sample_text(model: DogeForCausalLM, tokenizer, prompt: str, max_new_tokens: int = 60, **kwargs: Any) -> str:
-    """Continue raw text (a bos is put in front, as in pretraining)."""
-    ids = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return prompt + tokenizer.decode(generate(model, ids, max_new_tokens, **kwargs))
-
-
-def chat_reply(model: DogeForCausalLM, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 60) -> str:
-    """The model's greedy reply to a conversation, rendered with the chat template (special tokens dropped)."""
-    from .generation import chat_reply as reply_with_specials
-
-    return reply_with_specials(model, tokenizer, messages, max_new_tokens, skip_special_tokens=True).strip()
 
 
 # The lesson-06 model shipped in data/ so that lessons 02-05 look at trained weights without training first.

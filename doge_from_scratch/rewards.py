@@ -26,7 +26,7 @@ from typing import Any
 
 from .tasks import NUMBER as _NUMBER
 from .tasks import check_answer, extract_solution, is_well_formed_reasoning
-from .tasks import cut_at_end_of_turn as _cut_at_end_of_turn
+from .tasks import cut_at_end_of_turn
 from .tokenizer import BEGIN_SOLUTION, BEGIN_THOUGHT, END_SOLUTION, END_THOUGHT
 
 TAGS = (BEGIN_THOUGHT, END_THOUGHT, BEGIN_SOLUTION, END_SOLUTION)
@@ -43,7 +43,7 @@ def completion_text(completion: str | Sequence[Mapping[str, str]]) -> str:
 
 def is_strictly_formatted(text: str) -> bool:
     """Exactly one thought section then one solution section, both non-empty, nothing outside them."""
-    text = _cut_at_end_of_turn(text)
+    text = cut_at_end_of_turn(text)
     if any(text.count(tag) != 1 for tag in TAGS) or not is_well_formed_reasoning(text):
         return False
     thought = text.split(BEGIN_THOUGHT, 1)[1].split(END_THOUGHT, 1)[0]

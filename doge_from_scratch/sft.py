@@ -15,18 +15,25 @@ with a minimum LR ratio of 0.1 and warmup 0.1. This module does each of those st
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .atomic import atomic_write_text
+from .data import load_lesson_dataset
+from .model import DogeForCausalLM
 from .paths import ARTIFACTS_DIR
-from .tokenizer import TURN_SEPARATOR, chat_turns
-from .train_utils import (OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, step_groups,
+from .pretrain import ensure_pretrained
+from .tokenizer import TURN_SEPARATOR, chat_turns, load_tokenizer
+from .train_utils import (OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, rank, step_groups,
                           token_nll, train, world_size)
 
 IGNORE = -100
@@ -232,11 +239,6 @@ def ensure_sft(folder: str | Path | None = None, pretrained: str | Path | None =
                settings: SFTSettings | None = None, progress: bool = True) -> Path:
     """The SFT model of lesson 07: trained from the pretrained model on the chat train split unless ``folder``
     already holds one (so lessons 08 and 09 run on their own)."""
-    from .data import load_lesson_dataset
-    from .model import DogeForCausalLM
-    from .pretrain import ensure_pretrained
-    from .tokenizer import load_tokenizer
-
     folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "sft"
     if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
         return folder
@@ -256,18 +258,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     Each process builds the same step list and trains on its shard of every step (``train_utils.shard``);
     the loss is divided by the step's token count summed over processes, so the run equals one process.
     """
-    import argparse
-    import os
-
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from .data import load_lesson_dataset
-    from .model import DogeForCausalLM
-    from .pretrain import ensure_pretrained
-    from .tokenizer import load_tokenizer
-    from .train_utils import rank
-
     parser = argparse.ArgumentParser(description="SFT of the pretrained lesson model (single process or torchrun).")
     parser.add_argument("--out", default=str(ARTIFACTS_DIR / "sft_ddp"))
     parser.add_argument("--max-examples", type=int, default=None)

@@ -3,9 +3,12 @@ the installed reference model built on the same weights."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .config import DogeConfig
+from .model import DogeForCausalLM
 
 
 def tiny_config(**overrides) -> DogeConfig:
@@ -56,8 +59,6 @@ def copy_into_reference(ours: torch.nn.Module, reference: torch.nn.Module) -> No
 
 def model_and_reference(config: DogeConfig, seed: int = 1, attn_implementation: str = "eager"):
     """(ours, transformers' model) in eval mode with the same ``randomize_``d weights (seed ``seed``)."""
-    from .model import DogeForCausalLM
-
     ours = randomize_(DogeForCausalLM(config).eval(), seed)
     reference = reference_model(config, attn_implementation)
     copy_into_reference(ours, reference)
@@ -66,8 +67,6 @@ def model_and_reference(config: DogeConfig, seed: int = 1, attn_implementation: 
 
 def tiny_model_for(tokenizer, seed: int = 0, **overrides):
     """A randomised ``tiny_config`` model whose vocabulary and special ids are the tokenizer's."""
-    from .model import DogeForCausalLM
-
     torch.manual_seed(seed)
     config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
@@ -99,8 +98,6 @@ def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
     for float64 inputs (so it is not exact, ~1e-7 off), and it turns the dtype-minimum fill of a fully padded
     row into -inf, i.e. NaN. Ours is set to its "auto" backend, which keeps every operation in float64.
     """
-    import copy
-
     twin = copy.deepcopy(model).double()
     if hasattr(twin, "set_attn_implementation"):
         twin.set_attn_implementation("sdpa")

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
+
 # Which parameters get weight decay, decided in one place. Two rules, because two recipes are reproduced:
 # - "trainer": transformers' Trainer rule, by name (no decay for biases and every norm weight; the residual
 #   scales and A do decay). The post-training stages (SFT, DPO, distillation, GRPO) use it so that our runs
@@ -271,45 +272,6 @@ def step_groups(items: Sequence[Any], micro_batch: int, accumulation: int, epoch
             micro = [chunk[j:j + micro_batch] for j in range(0, per_step, micro_batch)]
             steps.append(shard(micro))
     return steps
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Decoding and checking answers (for the before/after metrics)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def follows_chat_format(reply: str, eos_token: str) -> bool:
-    """The turn ends with the end-of-turn token and contains no new header (it answered, then stopped)."""
-    return eos_token in reply and "<|start_header_id|>" not in reply.split(eos_token, 1)[0]
-
-
-def evaluate_replies(model: nn.Module, tokenizer, records: Sequence[dict[str, Any]], max_new_tokens: int = 64,
-                     progress: bool = False, batch_size: int = 1) -> dict[str, Any]:
-    """Generate a reply to each record's prompt and score it with the task's own checker.
-
-    Returns accuracy (checker says right), format (stopped with end-of-turn), per-task accuracy and the replies.
-    ``batch_size`` > 1 generates that many prompts at once (left-padded; much faster, the same replies up to
-    float32 round-off in the padded rows).
-    """
-    from .tasks import check_answer, prompt_and_reference
-    from .generation import chat_replies
-
-    records = list(records)
-    prompts = [prompt_and_reference(record)[0] for record in records]
-    generated = []
-    for start in progress_bar(range(0, len(records), batch_size), desc="generate", disable=not progress):
-        generated += chat_replies(model, tokenizer, prompts[start:start + batch_size], max_new_tokens, batch_size)
-    replies, right, formatted, per_task = [], [], [], {}
-    for record, reply in zip(records, generated):
-        ok = bool(check_answer(record, reply))
-        replies.append(reply)
-        right.append(ok)
-        formatted.append(follows_chat_format(reply, tokenizer.eos_token))
-        per_task.setdefault(record.get("task", "?"), []).append(ok)
-    n = max(1, len(records))
-    return {"accuracy": sum(right) / n, "format": sum(formatted) / n,
-            "per_task": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
-            "replies": replies, "correct": right}
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -212,7 +212,7 @@ def test_fast_decoder_bfloat16_is_the_same_model():
     assert fast.weight_bytes() < sum(p.numel() * 4 for p in ours.parameters()) * 0.6
     logits = fast.make_stepper(1, 30).prefill(ids, None, torch.arange(24)[None])
     assert torch.corrcoef(torch.stack([logits[0], reference_logits[0]]))[0, 1] > 0.99
-    out = fast.generate(ids, max_new_tokens=10)
+    out = generate(fast, ids, max_new_tokens=10)
     assert out.shape == (1, 34)
 
 

@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 
 from doge_from_scratch import DogeForCausalLM, parity
 from doge_from_scratch.fast_decode import FastDoge
-from doge_from_scratch.generation import ModelStepper
+from doge_from_scratch.generation import ModelStepper, generate
 from doge_from_scratch.testing import tiny_config
 
 WINDOW = 8
@@ -232,7 +232,7 @@ def test_greedy_generation_past_the_keep_window(folder):
         logits = ref.run(tokens[-1][:, None])[:, -1]
     expected = torch.cat((prompt, torch.stack(tokens, dim=1)), dim=1)
     for decoder in (model, FastDoge(model)):
-        got = decoder.generate(prompt, max_new_tokens=SEQ - PROMPT, do_sample=False)
+        got = generate(decoder, prompt, max_new_tokens=SEQ - PROMPT, do_sample=False)
         assert torch.equal(got, expected), type(decoder).__name__
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from doge_from_scratch import pretrain as P
+from doge_from_scratch.generation import continue_text
 from doge_from_scratch.tokenizer import load_tokenizer
 from doge_from_scratch.train_utils import make_optimizer
 
@@ -151,17 +152,19 @@ def test_ensure_pretrained_reuses_an_existing_folder(tmp_path, monkeypatch):
         P.ensure_pretrained(tmp_path)
 
 
-def test_greedy_generation_matches_a_full_forward(tok):
+def test_continue_text_is_greedy_raw_text_after_a_bos(tok):
     torch.manual_seed(0)
     model = P.DogeForCausalLM(P.tiny_doge_config(len(tok), hidden_size=32, intermediate_size=64,
-                                                 num_hidden_layers=2, num_attention_heads=2)).eval()
+                                                 num_hidden_layers=2, num_attention_heads=2)).train()
     prompt = [tok.bos_token_id] + tok("Once upon a time", add_special_tokens=False)["input_ids"]
-    new = P.generate(model, prompt, max_new_tokens=5, stop_ids=())
+    text = continue_text(model, tok, "Once upon a time", max_new_tokens=5, eos_token_id=None)
+    assert model.training, "continue_text must give the model back in training mode"
     ids = list(prompt)
     with torch.no_grad():
+        model.eval()
         for _ in range(5):
             ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
-    assert new == ids[len(prompt):]
+    assert text == "Once upon a time" + tok.decode(ids[len(prompt):])
 
 
 def test_training_benchmark_runs_and_ends_with_json(capsys):

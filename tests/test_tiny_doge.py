@@ -13,7 +13,8 @@ from safetensors import safe_open
 
 from doge_from_scratch import DogeForCausalLM
 from doge_from_scratch.paths import TOKENIZER_DIR
-from doge_from_scratch.pretrain import TINY_DOGE_DIR, PretrainConfig, sample_text, tiny_doge_config
+from doge_from_scratch.generation import continue_text
+from doge_from_scratch.pretrain import TINY_DOGE_DIR, PretrainConfig, tiny_doge_config
 from doge_from_scratch.tokenizer import load_tokenizer
 
 WEIGHTS = TINY_DOGE_DIR / "model.safetensors"
@@ -42,5 +43,5 @@ def test_loads_as_float32_lesson_model_that_learnt_the_corpus() -> None:
         assert getattr(model.config, field) == getattr(expected, field), field
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     # The corpus states this fact hundreds of times (data/pretrain); random weights would not continue with it.
-    text = sample_text(model, tokenizer, "The capital of Sweden is", max_new_tokens=3)
+    text = continue_text(model, tokenizer, "The capital of Sweden is", max_new_tokens=3)
     assert text.startswith("The capital of Sweden is Stockholm"), text

@@ -61,6 +61,16 @@ import time
 
 import torch
 
+from ..atomic import atomic_write_text
+from ..config import DogeConfig
+from ..fast_decode import FastDoge, fast_decoder_for
+from ..generation import generate
+from ..int8 import int8_quality, linear, summarise
+from ..model import DogeForCausalLM
+from ..paths import PRETRAINED_DIR
+from ..pretrain import validation_rows
+from ..testing import copy_into_reference, randomize_
+
 SIZES = ("Doge-20M", "Doge-60M", "Doge-160M", "Doge-320M")
 CARD_TOKENS_PER_S = {"Doge-20M": 142, "Doge-60M": 62, "Doge-160M": 28, "Doge-320M": 16}
 # weight format -> dtype of the teaching model and of the transformers reference it is compared with
@@ -153,8 +163,6 @@ def matmul_floor_tokens_per_s(fast, tokens: int, batch: int = 1) -> tuple[float,
     """Tokens/s if a token cost only its weight matrix products (each weight read once, in the decoder's own
     format: float or int8), timed like a decode run: ``tokens`` steps of ``batch`` rows back to back.
     -> (CPU-time rate, wall-time rate), counting every row's token."""
-    from ..int8 import linear
-
     config, dtype = fast.config, fast.dtype
     x_h = torch.randn(batch, config.hidden_size, dtype=dtype)
     x_o = torch.randn(batch, config.num_attention_heads * config.head_dim, dtype=dtype)
@@ -179,10 +187,6 @@ def matmul_floor_tokens_per_s(fast, tokens: int, batch: int = 1) -> tuple[float,
 def build_pair(size: str, dtype: torch.dtype):
     """Our teaching model (random weights, eval mode) and transformers' on the same weights, both in ``dtype``."""
     import transformers
-
-    from ..config import DogeConfig
-    from ..model import DogeForCausalLM
-    from ..testing import copy_into_reference, randomize_
 
     # eos None: every run decodes exactly new_tokens tokens
     config = DogeConfig.from_preset(size, eos_token_id=None)
@@ -209,8 +213,6 @@ def batch_prompts(batch: int, prompt_tokens: int, vocab: int) -> tuple[torch.Ten
 
 def decoders(model, weights: str, compile_step: bool) -> dict:
     """Our decode paths for one weight format: name -> object ``generation.generate`` runs."""
-    from ..fast_decode import FastDoge
-
     if weights == "int8":
         paths = {"int8": FastDoge(model, weights="int8")}
     else:
@@ -260,9 +262,6 @@ def summarise_row(size: str, weights: str, batch: int, ours: str, rates: dict, c
 
 def bench_one(size: str, weights: str, args) -> list[dict]:
     """Every path of one size and weight format, at every batch size. -> one row per batch size."""
-    from ..fast_decode import fast_decoder_for
-    from ..generation import generate
-
     model, reference = build_pair(size, DTYPES[weights])
     compile_step = args.compile == "step" or (args.compile == "auto" and model.config.num_hidden_layers <= 16)
     ours = decoders(model, weights, compile_step)
@@ -290,9 +289,7 @@ def bench_one(size: str, weights: str, args) -> list[dict]:
 
 def int8_quality_of(model, args, limit_docs: int = 32) -> dict:
     """``int8.int8_quality`` on the lesson validation rows (their first row's start as the greedy prompt)."""
-    from ..int8 import int8_quality, lesson_validation_rows
-
-    rows = lesson_validation_rows(limit_docs=limit_docs, seq_len=128)
+    rows = validation_rows(limit_docs=limit_docs, seq_len=128)
     quality = int8_quality(model, rows, rows[:1, :args.prompt_tokens], new_tokens=128)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in quality.items()}
 
@@ -300,9 +297,6 @@ def int8_quality_of(model, args, limit_docs: int = 32) -> dict:
 def lesson_model_quality(args) -> dict | None:
     """The int8 cost on the lesson's pretrained model (trained weights: where perplexity and agreement mean
     something; random weights have near-flat logits), over the whole validation split; None if it is not built."""
-    from ..model import DogeForCausalLM
-    from ..paths import PRETRAINED_DIR
-
     if not (PRETRAINED_DIR / "model.safetensors").exists():
         return None
     model = DogeForCausalLM.from_pretrained(PRETRAINED_DIR).eval()
@@ -340,8 +334,6 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def quality_lines(rows: list[dict], lesson: dict | None) -> list[str]:
-    from ..int8 import summarise
-
     pairs = [(f"{r['size']} (random weights)", r["quality"]) for r in rows if "quality" in r]
     pairs += [("lesson 06 model (trained)", lesson)] if lesson else []
     return [f"int8 vs float32, {name}: {summarise([q])}" for name, q in pairs]
@@ -411,8 +403,6 @@ def main(argv: list[str] | None = None) -> int:
                "wall_s": round(time.perf_counter() - start, 1), "rows": [r for r in rows if r["batch"] == 1],
                "batched_rows": [r for r in rows if r["batch"] != 1], "int8_quality_lesson_model": lesson}
     if args.out:
-        from ..atomic import atomic_write_text
-
         atomic_write_text(args.out, json.dumps(summary, indent=1))
     print(json.dumps(summary))
     return 0

@@ -36,6 +36,12 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from ..attention import DogeAttention
+from ..config import DogeConfig
+from ..layers import RotaryEmbedding
+from ..testing import randomize_
 
 IMPLS = ("reference-eager", "reference-sdpa", "ours-materialised", "ours-auto", "ours-chunked")
 LENGTHS = (2048, 8192, 32768)
@@ -56,10 +62,6 @@ def _peak_rss_bytes() -> int:
 
 def build_layer(impl: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
     """(module, call(x, rope) -> [B, T, H]) for one implementation, all with the same weights."""
-    from ..attention import DogeAttention
-    from ..config import DogeConfig
-    from ..testing import randomize_
-
     config = DogeConfig(**SHAPE)
     torch.manual_seed(seed)
     ours = randomize_(DogeAttention(config, 0), seed)
@@ -106,9 +108,6 @@ def _memory_peak(device: torch.device, mark: int) -> int:
 
 def run_case(impl: str, length: int, dtype: str, device: str, repeats: int, output: str | None,
              backward: bool = True) -> dict:
-    from ..layers import RotaryEmbedding
-    from ..config import DogeConfig
-
     dev, dt = torch.device(device), getattr(torch, dtype)
     module, call = build_layer(impl, dt, dev)
     g = torch.Generator().manual_seed(1)
@@ -135,8 +134,6 @@ def run_case(impl: str, length: int, dtype: str, device: str, repeats: int, outp
     result["forward_s"] = min(times)
     result["forward_peak_bytes"] = _memory_peak(dev, mark)
     if output:
-        from safetensors.torch import save_file
-
         save_file({"out": out.float().cpu().contiguous()}, output)
     del out
 
@@ -194,8 +191,6 @@ def estimate(previous: dict | None, length: int, key: str = "backward_peak_bytes
 
 
 def compare_outputs(path: str, reference_path: str) -> float | None:
-    from safetensors.torch import load_file
-
     if not (os.path.exists(path) and os.path.exists(reference_path)):
         return None
     return float((load_file(path)["out"] - load_file(reference_path)["out"]).abs().max())

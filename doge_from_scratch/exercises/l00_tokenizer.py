@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
+from ..sft import render_chat
+from ..tokenizer import load_tokenizer
 from ._core import Case, CheckResult, exact, run_cases
 
 CHATS = {
@@ -21,8 +23,6 @@ CHATS = {
 
 @lru_cache(maxsize=1)
 def _tokenizer():
-    from ..tokenizer import load_tokenizer
-
     return load_tokenizer()
 
 
@@ -60,8 +60,6 @@ def check_chat_template(render: Callable[..., str]) -> CheckResult:
 def check_assistant_mask(fn: Callable) -> CheckResult:
     """``fn(tokenizer, messages) -> (ids, mask)``: the chat's token ids and 1 on exactly the tokens the
     assistant wrote (its text and the <|end_of_text|> closing its turn), as ``sft.render_chat``."""
-    from ..sft import render_chat
-
     tok = _tokenizer()
     cases = [Case(name, (tok, chat), exact(tuple(render_chat(tok, chat)))) for name, chat in CHATS.items()]
     return run_cases("check_assistant_mask", lambda t, m: tuple(fn(t, m)), cases,

@@ -590,13 +590,14 @@ lesson 06's validation rows.
 """),
 code("""
 from doge_from_scratch import int8
+from doge_from_scratch.pretrain import validation_rows
 
 w = model.model.layers[0].mlp.up_proj.weight.detach()
 packed = int8.quantise(w)
 step = packed.scale[:, None]
 print(f"one weight matrix {tuple(w.shape)}: {w.numel() * 4:,} bytes in float32 -> {packed.nbytes():,} in int8")
 print("largest change of a weight / its row's step:", round(float(((packed.dequantise() - w).abs() / step).max()), 3))
-quality = int8.int8_quality(model.float(), int8.lesson_validation_rows(limit_docs=16),
+quality = int8.int8_quality(model.float(), validation_rows(limit_docs=16),
                             tokenizer("The capital of Sweden is", return_tensors="pt").input_ids, new_tokens=64)
 print(int8.summarise([quality]))
 """),

@@ -46,6 +46,7 @@ from doge_from_scratch import DogeForCausalLM
 from doge_from_scratch import data as D
 from doge_from_scratch import pretrain as P
 from doge_from_scratch import tasks
+from doge_from_scratch.generation import chat_reply, continue_text
 from doge_from_scratch.paths import ARTIFACTS_DIR, PRETRAINED_DIR, PROJECT_ROOT
 from doge_from_scratch.tokenizer import load_tokenizer
 
@@ -203,12 +204,13 @@ for step in range(3):
 md("""
 ## 5. Before training
 
-What does the untrained model write? Greedy decoding with a key/value cache (`P.generate`) from a story
-opening and from a chat prompt:
+What does the untrained model write? Greedy decoding with lesson 05's `generate` (`continue_text` for raw text,
+`chat_reply` for a chat) from a story opening and from a chat prompt:
 """),
 code("""
-print(P.sample_text(fresh, tok, "Once upon a time,", max_new_tokens=30))
-print(P.chat_reply(fresh, tok, [{"role": "user", "content": "What is 23 + 45?"}], max_new_tokens=20))
+print(continue_text(fresh, tok, "Once upon a time,", max_new_tokens=30))
+print(chat_reply(fresh, tok, [{"role": "user", "content": "What is 23 + 45?"}], max_new_tokens=20,
+                 skip_special_tokens=True).strip())
 print(f"validation loss before training: {P.evaluate(fresh, val_rows):.3f}")
 """),
 md("""
@@ -264,9 +266,10 @@ is what the recipe gives.
 code("""
 model = result.model.eval()
 for prompt in ["Once upon a time,", "The capital of France is", "Question: Reverse the list: 3 1 4 1 5\\nAnswer:"]:
-    print(P.sample_text(model, tok, prompt, max_new_tokens=40), "\\n")
+    print(continue_text(model, tok, prompt, max_new_tokens=40), "\\n")
 for question in ["Hi, how are you doing today?", "What is 23 + 45?", "Which number is bigger, 3.9 or 3.11?"]:
-    print(question, "->", P.chat_reply(model, tok, [{"role": "user", "content": question}], max_new_tokens=30))
+    reply = chat_reply(model, tok, [{"role": "user", "content": question}], max_new_tokens=30, skip_special_tokens=True)
+    print(question, "->", reply.strip())
 """),
 md("""
 The samples look like the corpus. How often does the base model already answer chat questions correctly?
@@ -279,7 +282,7 @@ chat_test = D.load_lesson_dataset("chat", "test")
 correct, total = {}, {}
 for row in chat_test.select(range(80)):
     prompt, _ = tasks.prompt_and_reference(row)
-    reply = P.chat_reply(model, tok, prompt, max_new_tokens=24)
+    reply = chat_reply(model, tok, prompt, max_new_tokens=24, skip_special_tokens=True).strip()
     total[row["task"]] = total.get(row["task"], 0) + 1
     correct[row["task"]] = correct.get(row["task"], 0) + tasks.check_answer(row, reply)
 for task in sorted(total):

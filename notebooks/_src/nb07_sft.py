@@ -285,7 +285,7 @@ AdamW (betas 0.9/0.95, weight decay 0.01 on everything but biases and norms, as 
 """),
 code("""
 from doge_from_scratch import sft
-from doge_from_scratch.train_utils import evaluate_replies
+from doge_from_scratch.evaluate import evaluate_replies
 
 settings = sft.SFTSettings()
 print(settings)

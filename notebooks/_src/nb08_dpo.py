@@ -195,7 +195,7 @@ is what the DPO model does with pairs and prompts it never saw.
 """),
 code("""
 from doge_from_scratch import dpo
-from doge_from_scratch.train_utils import evaluate_replies
+from doge_from_scratch.evaluate import evaluate_replies
 
 settings = dpo.DPOSettings()
 print(settings)

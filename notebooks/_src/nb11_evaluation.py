@@ -250,12 +250,12 @@ Replies are greedy chat replies (lesson 05's `chat_replies`), since IFEval promp
 model.
 """),
 code(r"""
-from doge_from_scratch.tasks import cut_at_end_of_turn as _cut_at_end_of_turn
+from doge_from_scratch.tasks import cut_at_end_of_turn
 from doge_from_scratch.generation import chat_replies
 
 sft_model = DogeForCausalLM.from_pretrained(STAGES["SFT (07)"]).eval()
 ifeval_rows = rows["ifeval"][:6]
-replies = [_cut_at_end_of_turn(r) for r in chat_replies(
+replies = [cut_at_end_of_turn(r) for r in chat_replies(
     sft_model, tokenizer, [[{"role": "user", "content": r["prompt"]}] for r in ifeval_rows], 48, 6)]
 
 def follows(instruction, kwargs, reply):
