@@ -44,7 +44,8 @@ from .data import data_file, read_jsonl
 from .model import DogeForCausalLM
 from .paths import DATA_DIR, PRETRAINED_DIR, TOKENIZER_DIR
 from .tokenizer import load_tokenizer
-from .train_utils import StageLoss, make_optimizer, optimizer_step, progress_bar
+from .train_utils import (OptimizerSettings, StageLoss, make_optimizer, optimizer_step, progress_bar, wsd_phase_steps,
+                          wsd_schedule)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -72,23 +73,23 @@ def tiny_doge_config(vocab_size: int, **overrides: Any) -> DogeConfig:
 
 
 @dataclass
-class PretrainConfig:
-    """Everything that decides a pretraining run; the defaults are the lessons' recipe."""
+class PretrainSettings(OptimizerSettings):
+    """Everything that decides a pretraining run; the defaults are the lessons' recipe.
 
-    seed: int = 0
+    The fields every training stage has (``lr``, ``warmup``, ``min_lr_rate``, ``weight_decay``, ``betas``, ``eps``,
+    ``max_grad_norm``, ``seed``, ``rows_per_micro_batch``, ``accumulation``) mean here what they mean in SFT, DPO,
+    distillation and GRPO (``train_utils.OptimizerSettings``); ``warmup`` and ``decay_phase`` are fractions of
+    ``steps`` (or step counts, if >= 1), the warmup-stable-decay schedule's first and last phase.
+    """
+
+    lr: float = 2e-3
+    min_lr_rate: float = 0.0
     seq_len: int = 256
-    micro_batch_size: int = 8
-    grad_accum_steps: int = 1
-    max_steps: int = 800
-    peak_lr: float = 2e-3
-    warmup_ratio: float = 0.1
-    decay_ratio: float = 0.2
+    rows_per_micro_batch: int = 8
+    accumulation: int = 1
+    steps: int = 800
+    decay_phase: float = 0.2
     decay_type: str = "cosine"
-    min_lr_ratio: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
     bf16: bool = False
     eval_every: int = 100
     checkpoint_every: int = 200
@@ -100,56 +101,21 @@ class PretrainConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.seq_len * self.micro_batch_size * self.grad_accum_steps
+        return self.seq_len * self.rows_per_micro_batch * self.accumulation
 
     def phase_steps(self) -> tuple[int, int, int]:
         """(warmup, stable, decay) step counts of the warmup-stable-decay schedule."""
-        warmup = round(self.warmup_ratio * self.max_steps)
-        decay = round(self.decay_ratio * self.max_steps)
-        return warmup, self.max_steps - warmup - decay, decay
+        return wsd_phase_steps(self.steps, self.warmup, self.decay_phase)
 
     def __post_init__(self) -> None:
         if not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 1:
-            raise ValueError(f"PretrainConfig.keep_checkpoints={self.keep_checkpoints!r}: must be an integer >= 1 "
+            raise ValueError(f"PretrainSettings.keep_checkpoints={self.keep_checkpoints!r}: must be an integer >= 1 "
                              "(the checkpoint latest.json points to is always kept; pass checkpoint_dir=None "
                              "for no checkpoints)")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-
-
-def wsd_lr_factor(step: int, warmup: int, stable: int, decay: int, decay_type: str = "cosine",
-                  min_lr_ratio: float = 0.0) -> float:
-    """Learning-rate multiplier at optimizer step `step` (0-based) of a warmup-stable-decay schedule.
-
-    Linear warmup from min_lr_ratio to 1, a long flat stretch, then a short decay back to min_lr_ratio.
-    The flat stretch is what makes WSD convenient: a run can be extended (or branched) from any stable
-    checkpoint, and only the short decay has to be redone.
-    """
-    if step < warmup:
-        return min_lr_ratio + (1.0 - min_lr_ratio) * step / max(1, warmup)
-    if step < warmup + stable:
-        return 1.0
-    if step < warmup + stable + decay:
-        progress = (step - warmup - stable) / max(1, decay)
-        shapes = {
-            "linear": 1.0 - progress,
-            "cosine": 0.5 * (1.0 + math.cos(math.pi * progress)),
-            "1-sqrt": 1.0 - math.sqrt(progress),
-        }
-        if decay_type not in shapes:
-            raise ValueError(f"decay_type={decay_type!r}; choose one of {sorted(shapes)}")
-        return min_lr_ratio + (1.0 - min_lr_ratio) * shapes[decay_type]
-    return min_lr_ratio
-
-
-def wsd_schedule(optimizer: torch.optim.Optimizer, cfg: PretrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Pretraining's schedule: ``wsd_lr_factor`` over ``cfg.phase_steps()`` (post-training uses
-    ``train_utils.cosine_schedule``)."""
-    warmup, stable, decay = cfg.phase_steps()
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: wsd_lr_factor(step, warmup, stable, decay, cfg.decay_type, cfg.min_lr_ratio))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -228,12 +194,13 @@ class TrainState:
     train_data: dict[str, Any] | None = None  # data_fingerprint of the packed training rows
 
 
-def build_state(cfg: PretrainConfig, vocab_size: int) -> TrainState:
+def build_state(cfg: PretrainSettings, vocab_size: int) -> TrainState:
     torch.manual_seed(cfg.seed)
     model = DogeForCausalLM(tiny_doge_config(vocab_size, **cfg.model_overrides))
     model.train()
-    optimizer = make_optimizer(model, cfg.peak_lr, cfg.weight_decay, cfg.betas, cfg.eps, decay="matrices")
-    return TrainState(model, optimizer, wsd_schedule(optimizer, cfg))
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, decay="matrices")
+    return TrainState(model, optimizer, wsd_schedule(optimizer, cfg.steps, cfg.warmup, cfg.decay_phase, cfg.decay_type,
+                                                      cfg.min_lr_rate))
 
 
 def lm_loss(model: DogeForCausalLM, rows: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -249,11 +216,11 @@ def packed_rows_loss(bf16: bool) -> StageLoss:
     return StageLoss(lambda model, batch: (lm_loss(model, batch["input_ids"], bf16), 1, {}), count=lambda batch: 1)
 
 
-def train_step(state: TrainState, train_rows: torch.Tensor, schedule: RowSchedule, cfg: PretrainConfig) -> dict:
-    """One optimizer step over `grad_accum_steps` micro-batches (``train_utils.optimizer_step``, the loop every
+def train_step(state: TrainState, train_rows: torch.Tensor, schedule: RowSchedule, cfg: PretrainSettings) -> dict:
+    """One optimizer step over `accumulation` micro-batches (``train_utils.optimizer_step``, the loop every
     training stage shares). Returns the step's log entry."""
-    first = state.step * cfg.grad_accum_steps
-    micro_batches = [{"input_ids": train_rows[schedule.rows(first + micro)]} for micro in range(cfg.grad_accum_steps)]
+    first = state.step * cfg.accumulation
+    micro_batches = [{"input_ids": train_rows[schedule.rows(first + micro)]} for micro in range(cfg.accumulation)]
     log = optimizer_step(state.model, micro_batches, packed_rows_loss(cfg.bf16), state.optimizer, state.scheduler,
                          cfg.max_grad_norm, step=state.step + 1)
     state.step += 1
@@ -336,7 +303,7 @@ def prune_checkpoints(folder: str | Path, newest: int, keep: int) -> None:
         shutil.rmtree(steps[step])
 
 
-def save_checkpoint(state: TrainState, cfg: PretrainConfig, folder: str | Path) -> Path:
+def save_checkpoint(state: TrainState, cfg: PretrainSettings, folder: str | Path) -> Path:
     """Write `folder/step_XXXXXX/` (complete before it appears) and point `folder/latest.json` at it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -354,7 +321,7 @@ def save_checkpoint(state: TrainState, cfg: PretrainConfig, folder: str | Path) 
             "scheduler": scheduler_state,
             "history": state.history,
             "val_history": state.val_history,
-            "pretrain_config": cfg.to_json(),
+            "pretrain_settings": cfg.to_json(),
             "train_data": state.train_data,
         }
         atomic_write_text(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1))
@@ -405,12 +372,15 @@ def read_checkpoint(checkpoint: str | Path) -> Checkpoint:
     return Checkpoint(checkpoint, weights, optimizer_tensors, rng, trainer_state)
 
 
-def resume_differences(saved: Checkpoint, cfg: PretrainConfig, train_data: dict[str, Any] | None) -> list[str]:
+def resume_differences(saved: Checkpoint, cfg: PretrainSettings, train_data: dict[str, Any] | None) -> list[str]:
     """The settings in which ``cfg`` (and the packed training rows) differ from the run that wrote ``saved``.
 
     Checkpoints written before the config was stored compare as equal: there is nothing to compare with.
     """
-    stored = saved.trainer_state.get("pretrain_config")
+    stored = saved.trainer_state.get("pretrain_settings")
+    if stored is None and "pretrain_config" in saved.trainer_state:
+        raise CheckpointError(f"{saved.path}: written before the settings were renamed (pretrain_config, "
+                              "PretrainConfig); its fields cannot be compared with PretrainSettings: start again")
     changes = []
     if stored is not None:
         current = json.loads(json.dumps(cfg.to_json()))  # tuples as lists, as stored
@@ -423,7 +393,7 @@ def resume_differences(saved: Checkpoint, cfg: PretrainConfig, train_data: dict[
     return changes
 
 
-def _apply_current_settings(state: TrainState, cfg: PretrainConfig) -> None:
+def _apply_current_settings(state: TrainState, cfg: PretrainSettings) -> None:
     """Give the restored optimizer and scheduler this run's settings.
 
     ``load_state_dict`` brings back the saved learning rate, weight decay, betas and eps with the moments;
@@ -433,13 +403,13 @@ def _apply_current_settings(state: TrainState, cfg: PretrainConfig) -> None:
     decays = (cfg.weight_decay, 0.0)  # make_optimizer's two groups: decayed (matrices), then the rest
     factor = state.scheduler.lr_lambdas[0](state.scheduler.last_epoch)
     for group, weight_decay in zip(state.optimizer.param_groups, decays):
-        group.update(weight_decay=weight_decay, betas=cfg.betas, eps=cfg.eps, initial_lr=cfg.peak_lr,
-                     lr=cfg.peak_lr * factor)
-    state.scheduler.base_lrs = [cfg.peak_lr] * len(state.optimizer.param_groups)
+        group.update(weight_decay=weight_decay, betas=cfg.betas, eps=cfg.eps, initial_lr=cfg.lr,
+                     lr=cfg.lr * factor)
+    state.scheduler.base_lrs = [cfg.lr] * len(state.optimizer.param_groups)
     state.scheduler._last_lr = [group["lr"] for group in state.optimizer.param_groups]
 
 
-def apply_checkpoint(state: TrainState, saved: Checkpoint, cfg: PretrainConfig | None = None) -> None:
+def apply_checkpoint(state: TrainState, saved: Checkpoint, cfg: PretrainSettings | None = None) -> None:
     """Restore weights, optimizer, scheduler, RNG and history from ``saved`` into a freshly built ``state``.
 
     With ``cfg``, the optimizer and schedule take its settings (see ``_apply_current_settings``); without,
@@ -461,7 +431,7 @@ def apply_checkpoint(state: TrainState, saved: Checkpoint, cfg: PretrainConfig |
     state.val_history = trainer_state["val_history"]
 
 
-def load_checkpoint(state: TrainState, checkpoint: str | Path, cfg: PretrainConfig | None = None) -> None:
+def load_checkpoint(state: TrainState, checkpoint: str | Path, cfg: PretrainSettings | None = None) -> None:
     """Read ``checkpoint`` and restore it into ``state`` (with ``cfg``'s optimizer settings, else the saved ones)."""
     apply_checkpoint(state, read_checkpoint(checkpoint), cfg)
 
@@ -486,7 +456,7 @@ def resume_candidates(folder: str | Path) -> list[Path]:
     return [path] + [steps[s] for s in sorted(steps, reverse=True) if s < newest]
 
 
-def resume_from(state: TrainState, folder: str | Path, cfg: PretrainConfig,
+def resume_from(state: TrainState, folder: str | Path, cfg: PretrainSettings,
                 allow_config_change: bool = False) -> Path:
     """Restore the newest readable checkpoint of ``folder`` into ``state``; returns its path.
 
@@ -532,7 +502,7 @@ class PretrainResult:
         return self.val_history[-1]["val_loss"]
 
 
-def pretrain(cfg: PretrainConfig | None = None, tokenizer=None, checkpoint_dir: str | Path | None = None,
+def pretrain(cfg: PretrainSettings | None = None, tokenizer=None, checkpoint_dir: str | Path | None = None,
              resume: bool = False, stop_after: int | None = None, progress: bool = True,
              data_dir: str | Path = DATA_DIR, allow_config_change: bool = False) -> PretrainResult:
     """Run (or continue) the recipe. `stop_after` ends early at that step, as an interruption would.
@@ -540,12 +510,12 @@ def pretrain(cfg: PretrainConfig | None = None, tokenizer=None, checkpoint_dir: 
     ``resume=True`` continues from ``checkpoint_dir`` (see ``resume_from``): it refuses settings or data that
     differ from the saved run's unless ``allow_config_change=True``.
     """
-    cfg = cfg or PretrainConfig()
+    cfg = cfg or PretrainSettings()
     torch.set_num_threads(cfg.num_threads)
     tokenizer = tokenizer or load_tokenizer()
     train_rows = pack_documents(load_corpus("train", cfg.max_train_docs, data_dir), tokenizer, cfg.seq_len)
     val_rows = pack_documents(load_corpus("test", cfg.max_val_docs, data_dir), tokenizer, cfg.seq_len)
-    schedule = RowSchedule(len(train_rows), cfg.micro_batch_size, cfg.seed)
+    schedule = RowSchedule(len(train_rows), cfg.rows_per_micro_batch, cfg.seed)
     state = build_state(cfg, len(tokenizer))
     state.train_data = data_fingerprint(train_rows)
     if resume:
@@ -554,12 +524,12 @@ def pretrain(cfg: PretrainConfig | None = None, tokenizer=None, checkpoint_dir: 
         resume_from(state, checkpoint_dir, cfg, allow_config_change)
     elif not state.val_history:
         state.val_history.append({"step": 0, "val_loss": evaluate(state.model, val_rows, bf16=cfg.bf16)})
-    end = cfg.max_steps if stop_after is None else min(stop_after, cfg.max_steps)
+    end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
     start_step, started = state.step, time.perf_counter()
     bar = progress_bar(range(state.step, end), desc="pretraining", disable=not progress, initial=0)
     for _ in bar:
         entry = train_step(state, train_rows, schedule, cfg)
-        if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             state.val_history.append({"step": state.step, "val_loss": evaluate(state.model, val_rows, bf16=cfg.bf16)})
         bar.set_postfix(refresh=False, loss=f"{entry['loss']:.3f}", val=f"{state.val_history[-1]['val_loss']:.3f}",
                         lr=f"{entry['lr']:.2e}")
@@ -571,7 +541,7 @@ def pretrain(cfg: PretrainConfig | None = None, tokenizer=None, checkpoint_dir: 
     return PretrainResult(state.model, state.history, state.val_history, tokens / max(seconds, 1e-9), seconds)
 
 
-def save_pretrained_model(result: PretrainResult, tokenizer, folder: str | Path, cfg: PretrainConfig) -> Path:
+def save_pretrained_model(result: PretrainResult, tokenizer, folder: str | Path, cfg: PretrainSettings) -> Path:
     """Write the model and tokenizer in Hugging Face layout, plus the run's curves (replaced as a whole)."""
     folder = Path(folder)
     with replace_folder(folder) as tmp:
@@ -579,7 +549,7 @@ def save_pretrained_model(result: PretrainResult, tokenizer, folder: str | Path,
         tokenizer.save_pretrained(str(tmp))
         summary = {"final_val_loss": result.final_val_loss, "history": result.history,
                    "val_history": result.val_history, "tokens_per_second": result.tokens_per_second,
-                   "seconds": result.seconds, "pretrain_config": cfg.to_json()}
+                   "seconds": result.seconds, "pretrain_settings": cfg.to_json()}
         atomic_write_text(tmp / "pretrain_summary.json", json.dumps(summary, indent=1))
     return folder
 
@@ -601,7 +571,7 @@ def ensure_pretrained(path: str | Path | None = None, progress: bool = True) -> 
         _lock_exclusive(lock)
         if complete():
             return folder
-        cfg = PretrainConfig()
+        cfg = PretrainSettings()
         tokenizer = load_tokenizer(TOKENIZER_DIR)
         result = pretrain(cfg, tokenizer, progress=progress)
         return save_pretrained_model(result, tokenizer, folder, cfg)
@@ -626,7 +596,7 @@ SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Pretrain the lessons' tiny Doge and save it.")
     parser.add_argument("--out", default=str(PRETRAINED_DIR))
-    parser.add_argument("--steps", type=int, default=PretrainConfig.max_steps)
+    parser.add_argument("--steps", type=int, default=PretrainSettings.steps)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--checkpoints", default=None, help="folder for resumable checkpoints")
     parser.add_argument("--resume", action="store_true")
@@ -634,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="dtype of the saved weights (training is unchanged); bfloat16 halves the file, which "
                              f"is how {TINY_DOGE_DIR.relative_to(DATA_DIR.parent)} is shipped")
     args = parser.parse_args(argv)
-    cfg = PretrainConfig(max_steps=args.steps, bf16=args.bf16)
+    cfg = PretrainSettings(steps=args.steps, bf16=args.bf16)
     tokenizer = load_tokenizer()
     result = pretrain(cfg, tokenizer, checkpoint_dir=args.checkpoints, resume=args.resume)
     result.model.to(SAVE_DTYPES[args.save_dtype])

@@ -53,12 +53,14 @@ def decayed_parameter_names(model: nn.Module, rule: str = "trainer") -> set[str]
 
 @dataclass
 class OptimizerSettings:
-    """The optimizer and schedule knobs every post-training stage shares (the recipes' values)."""
+    """The optimizer and schedule knobs every training stage shares (the post-training recipes' values; pretraining
+    overrides ``lr`` and ``min_lr_rate``)."""
 
     warmup: float = 0.1
     min_lr_rate: float = 0.1
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
     max_grad_norm: float = 1.0
     seed: int = 0
 
@@ -92,6 +94,45 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: 
     """The post-training recipes' schedule: ``cosine_with_min_lr`` with warmup 0.1 and min LR ratio 0.1."""
     warmup_steps = warmup_steps_for(total_steps, warmup)
     return LambdaLR(optimizer, lambda s: cosine_with_min_lr(s, warmup_steps, total_steps, min_lr_rate))
+
+
+def wsd_lr_factor(step: int, warmup: int, stable: int, decay: int, decay_type: str = "cosine",
+                  min_lr_rate: float = 0.0) -> float:
+    """Learning-rate multiplier at optimizer step `step` (0-based) of a warmup-stable-decay schedule.
+
+    Linear warmup from min_lr_rate to 1, a long flat stretch, then a short decay back to min_lr_rate.
+    The flat stretch is what makes WSD convenient: a run can be extended (or branched) from any stable
+    checkpoint, and only the short decay has to be redone.
+    """
+    if step < warmup:
+        return min_lr_rate + (1.0 - min_lr_rate) * step / max(1, warmup)
+    if step < warmup + stable:
+        return 1.0
+    if step < warmup + stable + decay:
+        progress = (step - warmup - stable) / max(1, decay)
+        shapes = {
+            "linear": 1.0 - progress,
+            "cosine": 0.5 * (1.0 + math.cos(math.pi * progress)),
+            "1-sqrt": 1.0 - math.sqrt(progress),
+        }
+        if decay_type not in shapes:
+            raise ValueError(f"decay_type={decay_type!r}; choose one of {sorted(shapes)}")
+        return min_lr_rate + (1.0 - min_lr_rate) * shapes[decay_type]
+    return min_lr_rate
+
+
+def wsd_phase_steps(total_steps: int, warmup: float, decay_phase: float) -> tuple[int, int, int]:
+    """(warmup, stable, decay) step counts; ``warmup`` and ``decay_phase`` read as ``warmup_steps_for`` reads them."""
+    warmup_steps, decay_steps = warmup_steps_for(total_steps, warmup), warmup_steps_for(total_steps, decay_phase)
+    return warmup_steps, total_steps - warmup_steps - decay_steps, decay_steps
+
+
+def wsd_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1, decay_phase: float = 0.2,
+                 decay_type: str = "cosine", min_lr_rate: float = 0.0) -> LambdaLR:
+    """Pretraining's schedule: ``wsd_lr_factor`` over ``wsd_phase_steps`` (the post-training stages use
+    ``cosine_schedule``)."""
+    phases = wsd_phase_steps(total_steps, warmup, decay_phase)
+    return LambdaLR(optimizer, lambda step: wsd_lr_factor(step, *phases, decay_type, min_lr_rate))
 
 
 # ----------------------------------------------------------------------------------------------------------

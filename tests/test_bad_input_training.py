@@ -15,13 +15,13 @@ from doge_from_scratch.paths import DATA_DIR
 from doge_from_scratch.tokenizer import load_tokenizer
 
 
-def tiny_run_config(**overrides) -> P.PretrainConfig:
-    fields = dict(seq_len=32, micro_batch_size=4, grad_accum_steps=2, max_steps=6, peak_lr=3e-3, eval_every=3,
+def tiny_run_config(**overrides) -> P.PretrainSettings:
+    fields = dict(seq_len=32, rows_per_micro_batch=4, accumulation=2, steps=6, lr=3e-3, eval_every=3,
                   checkpoint_every=2, keep_checkpoints=2, max_train_docs=120, max_val_docs=10,
                   model_overrides=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=2, num_key_value_heads=1))
     fields.update(overrides)
-    return P.PretrainConfig(**fields)
+    return P.PretrainSettings(**fields)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def step_dirs(folder) -> list[str]:
 def test_a_new_run_in_a_used_folder_keeps_its_own_newest_checkpoint(tmp_path, tok):
     P.pretrain(tiny_run_config(), tok, checkpoint_dir=tmp_path, progress=False)
     assert step_dirs(tmp_path) == ["step_000004", "step_000006"]
-    P.pretrain(tiny_run_config(max_steps=2, seed=1), tok, checkpoint_dir=tmp_path, progress=False)
+    P.pretrain(tiny_run_config(steps=2, seed=1), tok, checkpoint_dir=tmp_path, progress=False)
     latest = P.latest_checkpoint(tmp_path)
     assert latest.name == "step_000002" and latest.is_dir()
     # The earlier run's later checkpoints are not this run's to prune.
@@ -65,7 +65,7 @@ def test_a_new_run_in_a_used_folder_keeps_its_own_newest_checkpoint(tmp_path, to
 
 def test_keep_checkpoints_below_one_is_refused():
     with pytest.raises(ValueError, match="keep_checkpoints=0"):
-        P.PretrainConfig(keep_checkpoints=0)
+        P.PretrainSettings(keep_checkpoints=0)
 
 
 def test_checkpoints_past_a_million_steps_are_pruned_in_numeric_order(tmp_path, tok):
@@ -83,12 +83,23 @@ def test_checkpoints_past_a_million_steps_are_pruned_in_numeric_order(tmp_path, 
 # ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change", [dict(seq_len=16), dict(micro_batch_size=2), dict(seed=1), dict(peak_lr=1e-3),
+@pytest.mark.parametrize("change", [dict(seq_len=16), dict(rows_per_micro_batch=2), dict(seed=1), dict(lr=1e-3),
                                     dict(max_train_docs=100), dict(weight_decay=0.5)])
 def test_resume_refuses_changed_settings(stopped_copy, tok, change):
     (name,) = change
     with pytest.raises(ValueError, match=f"different settings: .*{name}.*allow_config_change=True"):
         P.pretrain(tiny_run_config(**change), tok, checkpoint_dir=stopped_copy, resume=True, progress=False)
+
+
+def test_resume_refuses_a_checkpoint_with_the_old_settings_names(stopped_copy, tok):
+    # before PretrainSettings, trainer_state.json held "pretrain_config" with other field names (peak_lr, ...):
+    # comparing those with today's fields would find nothing to compare, and resume silently on any settings
+    latest = stopped_copy / "step_000004" / "trainer_state.json"
+    state = json.loads(latest.read_text())
+    state["pretrain_config"] = state.pop("pretrain_settings")
+    latest.write_text(json.dumps(state))
+    with pytest.raises(P.CheckpointError, match="step_000004: written before the settings were renamed"):
+        P.pretrain(tiny_run_config(), tok, checkpoint_dir=stopped_copy, resume=True, progress=False)
 
 
 def test_resume_refuses_changed_data(stopped_copy, tok, tmp_path):
@@ -104,12 +115,12 @@ def test_resume_refuses_changed_data(stopped_copy, tok, tmp_path):
 
 def test_allowed_config_change_is_announced_and_takes_effect(stopped_copy, tok):
     # eval_every and num_threads change nothing the run computes: not listed as changes.
-    cfg = tiny_run_config(weight_decay=0.5, peak_lr=1e-3, eval_every=2, num_threads=1)
+    cfg = tiny_run_config(weight_decay=0.5, lr=1e-3, eval_every=2, num_threads=1)
     with pytest.warns(UserWarning) as caught:
         result = P.pretrain(cfg, tok, checkpoint_dir=stopped_copy, resume=True, progress=False,
                             allow_config_change=True)
     (message,) = [str(w.message) for w in caught]
-    assert message.endswith("changed settings (allow_config_change=True): peak_lr 0.003 -> 0.001; "
+    assert message.endswith("changed settings (allow_config_change=True): lr 0.003 -> 0.001; "
                             "weight_decay 0.01 -> 0.5")
     state = json.loads((stopped_copy / "step_000006" / "trainer_state.json").read_text())
     decayed, undecayed = state["optimizer"]["param_groups"]
@@ -117,7 +128,7 @@ def test_allowed_config_change_is_announced_and_takes_effect(stopped_copy, tok):
     assert decayed["initial_lr"] == 1e-3
     # Step 5 is in the stable phase of the schedule: the new peak learning rate, not the saved 3e-3.
     assert result.history[4]["lr"] == 1e-3
-    assert state["pretrain_config"]["weight_decay"] == 0.5
+    assert state["pretrain_settings"]["weight_decay"] == 0.5
 
 
 # ----------------------------------------------------------------------------------------------------------

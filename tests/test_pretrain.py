@@ -10,16 +10,16 @@ import torch
 from doge_from_scratch import pretrain as P
 from doge_from_scratch.generation import continue_text
 from doge_from_scratch.tokenizer import load_tokenizer
-from doge_from_scratch.train_utils import make_optimizer
+from doge_from_scratch.train_utils import make_optimizer, wsd_lr_factor
 
 
-def tiny_run_config(**overrides) -> P.PretrainConfig:
-    fields = dict(seq_len=32, micro_batch_size=4, grad_accum_steps=2, max_steps=8, peak_lr=3e-3, eval_every=4,
+def tiny_run_config(**overrides) -> P.PretrainSettings:
+    fields = dict(seq_len=32, rows_per_micro_batch=4, accumulation=2, steps=8, lr=3e-3, eval_every=4,
                   checkpoint_every=2, max_train_docs=120, max_val_docs=10,
                   model_overrides=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=2, num_key_value_heads=1))
     fields.update(overrides)
-    return P.PretrainConfig(**fields)
+    return P.PretrainSettings(**fields)
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,14 @@ def test_wsd_schedule_matches_transformers(decay_type):
                                  num_training_steps=warmup + stable + decay, decay_type=decay_type, min_lr_ratio=0.1)
     for step in range(warmup + stable + decay + 3):
         expected = reference.lr_lambdas[0](step)
-        assert P.wsd_lr_factor(step, warmup, stable, decay, decay_type, 0.1) == pytest.approx(expected, abs=1e-12)
+        assert wsd_lr_factor(step, warmup, stable, decay, decay_type, 0.1) == pytest.approx(expected, abs=1e-12)
 
 
 def test_recipe_hyperparameters():
-    cfg = P.PretrainConfig()
+    cfg = P.PretrainSettings()
     assert (cfg.betas, cfg.eps, cfg.weight_decay, cfg.max_grad_norm) == ((0.9, 0.95), 1e-8, 0.01, 1.0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    opt = make_optimizer(model, cfg.peak_lr, cfg.weight_decay, cfg.betas, cfg.eps, decay="matrices")
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, decay="matrices")
     decayed = {id(p) for p in opt.param_groups[0]["params"]}
     assert decayed == {id(model[0].weight)} and opt.param_groups[1]["weight_decay"] == 0.0
 
@@ -93,7 +93,7 @@ def test_resume_gives_the_same_loss_curve(tmp_path, tok):
     assert len(first.history) == 4
     resumed = P.pretrain(cfg, tok, checkpoint_dir=tmp_path / "split", resume=True, progress=False)
 
-    assert [h["step"] for h in resumed.history] == list(range(1, cfg.max_steps + 1))
+    assert [h["step"] for h in resumed.history] == list(range(1, cfg.steps + 1))
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     assert [h["lr"] for h in resumed.history] == [h["lr"] for h in full.history]
     assert resumed.val_history == full.val_history
@@ -104,7 +104,7 @@ def test_resume_gives_the_same_loss_curve(tmp_path, tok):
 
 
 def test_checkpoints_are_safetensors_and_json_only(tmp_path, tok):
-    cfg = tiny_run_config(max_steps=6, keep_checkpoints=2)
+    cfg = tiny_run_config(steps=6, keep_checkpoints=2)
     P.pretrain(cfg, tok, checkpoint_dir=tmp_path, progress=False)
     folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
     assert folders == ["step_000004", "step_000006"]  # older ones pruned, no temporary folders left
@@ -122,7 +122,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tok):
 def test_saved_model_loads_in_transformers_with_the_same_logits(tmp_path, tok):
     import transformers
 
-    cfg = tiny_run_config(max_steps=2)
+    cfg = tiny_run_config(steps=2)
     result = P.pretrain(cfg, tok, progress=False)
     folder = P.save_pretrained_model(result, tok, tmp_path / "pretrained", cfg)
     reference = transformers.DogeForCausalLM.from_pretrained(folder).eval()

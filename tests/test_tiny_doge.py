@@ -14,7 +14,7 @@ from safetensors import safe_open
 from doge_from_scratch import DogeForCausalLM
 from doge_from_scratch.paths import TOKENIZER_DIR
 from doge_from_scratch.generation import continue_text
-from doge_from_scratch.pretrain import TINY_DOGE_DIR, PretrainConfig, tiny_doge_config
+from doge_from_scratch.pretrain import TINY_DOGE_DIR, PretrainSettings, tiny_doge_config
 from doge_from_scratch.tokenizer import load_tokenizer
 
 WEIGHTS = TINY_DOGE_DIR / "model.safetensors"
@@ -28,7 +28,7 @@ def test_shipped_files_are_small_safetensors_of_the_lesson_recipe() -> None:
     with safe_open(str(WEIGHTS), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     summary = json.loads((TINY_DOGE_DIR / "pretrain_summary.json").read_text())
-    assert summary["pretrain_config"] == json.loads(json.dumps(PretrainConfig().to_json())), \
+    assert summary["pretrain_settings"] == json.loads(json.dumps(PretrainSettings().to_json())), \
         "data/tiny-doge was not trained with the default (lesson 06) recipe"
     assert (TINY_DOGE_DIR / "tokenizer.json").read_bytes() == (TOKENIZER_DIR / "tokenizer.json").read_bytes()
 

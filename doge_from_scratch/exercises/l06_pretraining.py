@@ -6,13 +6,13 @@ from collections.abc import Callable
 
 import torch
 
-from ..pretrain import wsd_lr_factor
+from ..train_utils import wsd_lr_factor
 from ._core import Case, CheckResult, all_of, close, close_scalar, run_cases
 
 
 def check_wsd(wsd: Callable[[int, int, int, int, float], float]) -> CheckResult:
     """``wsd(step, warmup, stable, decay, min_ratio) -> float``: the learning-rate factor of a warmup-stable-
-    decay schedule with a cosine decay (``pretrain.wsd_lr_factor``), at every step of three schedules."""
+    decay schedule with a cosine decay (``train_utils.wsd_lr_factor``), at every step of three schedules."""
     cases = []
     for warmup, stable, decay, floor in ((4, 6, 5, 0.0), (10, 20, 8, 0.1), (1, 3, 2, 0.05)):
         for step in range(warmup + stable + decay + 2):

@@ -49,13 +49,14 @@ from doge_from_scratch import tasks
 from doge_from_scratch.generation import chat_reply, continue_text
 from doge_from_scratch.paths import ARTIFACTS_DIR, PRETRAINED_DIR, PROJECT_ROOT
 from doge_from_scratch.tokenizer import load_tokenizer
+from doge_from_scratch.train_utils import wsd_lr_factor
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
 %matplotlib inline
 
 tok = load_tokenizer()
-cfg = P.PretrainConfig()  # the lessons' recipe; ensure_pretrained() runs exactly this
+cfg = P.PretrainSettings()  # the lessons' recipe; ensure_pretrained() runs exactly this
 print(cfg)
 """),
 md("""
@@ -95,9 +96,9 @@ train_rows = P.pack_documents(docs, tok, cfg.seq_len)
 val_rows = P.pack_documents(val_docs, tok, cfg.seq_len)
 print(f"train: {len(docs)} documents -> {tuple(train_rows.shape)} rows = {train_rows.numel():,} tokens")
 print(f"val:   {len(val_docs)} documents -> {tuple(val_rows.shape)} rows = {val_rows.numel():,} tokens")
-print(f"one step = {cfg.micro_batch_size} rows x {cfg.grad_accum_steps} micro-batches x {cfg.seq_len} = "
-      f"{cfg.tokens_per_step:,} tokens; {cfg.max_steps} steps = "
-      f"{cfg.max_steps * cfg.tokens_per_step / train_rows.numel():.2f} epochs")
+print(f"one step = {cfg.rows_per_micro_batch} rows x {cfg.accumulation} micro-batches x {cfg.seq_len} = "
+      f"{cfg.tokens_per_step:,} tokens; {cfg.steps} steps = "
+      f"{cfg.steps * cfg.tokens_per_step / train_rows.numel():.2f} epochs")
 print(repr(tok.decode(train_rows[0, :60])))
 """),
 md("""
@@ -140,8 +141,8 @@ def wsd(step, warmup, stable, decay, min_ratio=0.0):
 
 
 warmup, stable, decay = cfg.phase_steps()
-steps = list(range(cfg.max_steps))
-lrs = [cfg.peak_lr * wsd(s, warmup, stable, decay) for s in steps]
+steps = list(range(cfg.steps))
+lrs = [cfg.lr * wsd(s, warmup, stable, decay) for s in steps]
 fig, ax = plt.subplots(figsize=(7, 2.8))
 ax.plot(steps, lrs)
 for x in (warmup, warmup + stable):
@@ -153,15 +154,15 @@ plt.show()
 code("""
 # NBVAL_CHECK_OUTPUT
 sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-reference = get_wsd_schedule(sgd, num_warmup_steps=warmup, num_decay_steps=decay, num_training_steps=cfg.max_steps)
+reference = get_wsd_schedule(sgd, num_warmup_steps=warmup, num_decay_steps=decay, num_training_steps=cfg.steps)
 assert all(abs(wsd(s, warmup, stable, decay) - reference.lr_lambdas[0](s)) < 1e-12 for s in steps)
-assert all(wsd(s, warmup, stable, decay) == P.wsd_lr_factor(s, warmup, stable, decay) for s in steps)
-print("hand-written WSD == transformers.get_wsd_schedule == doge_from_scratch.pretrain.wsd_lr_factor")
+assert all(wsd(s, warmup, stable, decay) == wsd_lr_factor(s, warmup, stable, decay) for s in steps)
+print("hand-written WSD == transformers.get_wsd_schedule == doge_from_scratch.train_utils.wsd_lr_factor")
 """),
 md("""
 ## 4. One optimizer step, by hand
 
-An optimizer step sees `micro_batch_size x grad_accum_steps` rows. We run the micro-batches one after another
+An optimizer step sees `rows_per_micro_batch x accumulation` rows. We run the micro-batches one after another
 and let the gradients add up, dividing each loss by the number of micro-batches (every row has the same number
 of tokens, so this is exactly the mean loss of the whole step). Then:
 
@@ -180,20 +181,20 @@ matrices = [p for p in hand_model.parameters() if p.dim() >= 2]
 vectors = [p for p in hand_model.parameters() if p.dim() < 2]
 optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": cfg.weight_decay},
                                {"params": vectors, "weight_decay": 0.0}],
-                              lr=cfg.peak_lr, betas=cfg.betas, eps=cfg.eps)
+                              lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: wsd(s, warmup, stable, decay))
-order = P.RowSchedule(len(train_rows), cfg.micro_batch_size, cfg.seed)
+order = P.RowSchedule(len(train_rows), cfg.rows_per_micro_batch, cfg.seed)
 
 hand_losses = []
 for step in range(3):
     step_loss = 0.0
-    for micro in range(cfg.grad_accum_steps):
-        batch = train_rows[order.rows(step * cfg.grad_accum_steps + micro)]
+    for micro in range(cfg.accumulation):
+        batch = train_rows[order.rows(step * cfg.accumulation + micro)]
         logits = hand_model(input_ids=batch).logits
         # next-token loss: position t predicts token t+1
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        (loss / cfg.grad_accum_steps).backward()
-        step_loss += loss.item() / cfg.grad_accum_steps
+        (loss / cfg.accumulation).backward()
+        step_loss += loss.item() / cfg.accumulation
     grad_norm = torch.nn.utils.clip_grad_norm_(hand_model.parameters(), cfg.max_grad_norm)
     optimizer.step()
     scheduler.step()
@@ -246,7 +247,7 @@ for ax in (ax1, ax2):
 plt.tight_layout()
 plt.show()
 print("validation loss by step:", ", ".join(f"{v['step']}: {v['val_loss']:.2f}" for v in result.val_history))
-phases = {"warmup": (0, warmup), "stable": (warmup, warmup + stable), "decay": (warmup + stable, cfg.max_steps)}
+phases = {"warmup": (0, warmup), "stable": (warmup, warmup + stable), "decay": (warmup + stable, cfg.steps)}
 for name, (first, last) in phases.items():
     losses = [h["loss"] for h in result.history[first:last]]
     print(f"{name:7s} steps {first:3d}-{last:3d}: training loss {losses[0]:.2f} -> {losses[-1]:.2f}")
@@ -316,7 +317,7 @@ code("""
 import tempfile
 from pathlib import Path
 
-small = P.PretrainConfig(seq_len=64, micro_batch_size=4, grad_accum_steps=2, max_steps=8, eval_every=4,
+small = P.PretrainSettings(seq_len=64, rows_per_micro_batch=4, accumulation=2, steps=8, eval_every=4,
                          checkpoint_every=4, max_train_docs=200, max_val_docs=20,
                          model_overrides=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                               num_attention_heads=2))
@@ -376,7 +377,7 @@ from doge_from_scratch.exercises import check_adamw_step, check_wsd
 
 def wsd(step, warmup, stable, decay, min_ratio=0.0):
     \"\"\"wsd(step, warmup, stable, decay, min_ratio) -> float: the learning-rate factor of a warmup-stable- decay
-    schedule with a cosine decay (pretrain.wsd_lr_factor), at every step of three schedules.\"\"\"
+    schedule with a cosine decay (train_utils.wsd_lr_factor), at every step of three schedules.\"\"\"
     raise NotImplementedError  # your code here
 
 
