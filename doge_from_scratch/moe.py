@@ -21,7 +21,6 @@ Single-token decoding (B*T = 1) is the same under both.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -145,7 +144,7 @@ def load_balancing_loss(router_halves: list[torch.Tensor], num_experts: int, top
     With a non-square E the experts no pair names (ids K*K .. E-1) count with zero picks and zero
     probability (the references index a K*K table by expert id there and fail on the shapes).
     """
-    num_keys = math.isqrt(num_experts)  # the same K as DogeConfig.num_keys
+    num_keys = router_halves[0].shape[-1]  # the router's K (DogeConfig.num_keys)
     picks, probs = [], []
     for halves in router_halves:
         pair_scores, pair_ids = product_key_pairs(halves, num_keys)
