@@ -50,7 +50,7 @@ from .checkpoint import CheckpointError, resolve_folder
 from .data import REASONING_SYSTEM_PROMPT
 from .generation import chat_replies
 from .model import DogeForCausalLM
-from .parity import _quiet_transformers
+from .references import quiet_transformers
 from .tasks import DataFormatError, check_answer, cut_at_end_of_turn, prompt_and_reference
 from .tokenizer import BEGIN_SOLUTION, END_SOLUTION, END_THOUGHT, load_tokenizer
 from .train_utils import progress_bar
@@ -590,7 +590,7 @@ def _fail(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_transformers()
+    quiet_transformers()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     local = [t for t in tasks if t in LOCAL_TASKS]
     harness = [t for t in tasks if t not in LOCAL_TASKS]

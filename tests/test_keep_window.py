@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from doge_from_scratch import DogeForCausalLM, parity
+from doge_from_scratch import DogeForCausalLM, parity, references
 from doge_from_scratch.fast_decode import FastDoge
 from doge_from_scratch.generation import ModelStepper, generate
 from doge_from_scratch.testing import tiny_config
@@ -50,7 +50,7 @@ def config():
 
 def classic_folder(path, ratio: float):
     """A classic folder (generation A names, classic config.json) with the given dynamic_mask_ratio."""
-    parity.write_stand_in(path, config(), generation="A", seed=1)
+    references.write_stand_in(path, config(), generation="A", seed=1)
     fields = json.loads((path / "config.json").read_text())
     fields["dynamic_mask_ratio"] = ratio
     (path / "config.json").write_text(json.dumps(fields))

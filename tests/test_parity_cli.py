@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from doge_from_scratch import parity
+from doge_from_scratch import parity, references
 from doge_from_scratch.testing import failed_checks, float32_error_check, randomize_, reference_model, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def folders(tmp_path_factory):
     ref = randomize_(reference_model(config()), 0)
     ref.save_pretrained(root / "native")
     ref.save_pretrained(root / "sharded", max_shard_size="40KB")
-    parity.write_stand_in(root / "classic", config(), generation="A", seed=1)
+    references.write_stand_in(root / "classic", config(), generation="A", seed=1)
     return root
 
 
@@ -98,7 +98,7 @@ def test_expanded_kv_heads_are_the_classic_attention():
     tensors = {"l.self_attn.k_proj.weight": torch.randn(n_kv * d, hidden, generator=g),
                "l.self_attn.v_proj.weight": torch.randn(n_kv * d, hidden, generator=g),
                "l.self_attn.dt_proj.weight": torch.randn(n_h, n_kv * d, generator=g)}
-    wide = parity.expand_kv_heads(tensors, n_h, n_kv, d)
+    wide = references.expand_kv_heads(tensors, n_h, n_kv, d)
     w_v, w_v_wide = tensors["l.self_attn.v_proj.weight"], wide["l.self_attn.v_proj.weight"]
     assert torch.equal(w_v_wide.view(n_h, d, hidden), w_v.view(n_kv, d, hidden).repeat_interleave(n_h // n_kv, 0))
     x = torch.randn(5, hidden, generator=g)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from doge_from_scratch import parity
+from doge_from_scratch import parity, references
 from doge_from_scratch.testing import tiny_config
 
 CONFIGURATION = '''
@@ -157,14 +157,14 @@ class DogeForCausalLM(PreTrainedModel):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("remote_code")
-    parity.write_stand_in(path, tiny_config(num_hidden_layers=2), generation="A", seed=2)
+    references.write_stand_in(path, tiny_config(num_hidden_layers=2), generation="A", seed=2)
     (path / "configuration_doge.py").write_text(CONFIGURATION)
     (path / "modeling_doge.py").write_text(MODELING)
     return path
 
 
 def test_remote_code_reference_has_its_non_persistent_buffers(folder):
-    reference = parity.remote_code(str(folder), folder, torch.float32, torch.device("cpu"))
+    reference = references.remote_code(str(folder), folder, torch.float32, torch.device("cpu"))
     d = 64 // 4
     expected = 1.0 / 10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
     got = reference.model.model.rotary_emb.inv_freq

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..parity import expand_kv_heads
+from ..references import expand_kv_heads
 from ._core import Case, CheckResult, describe, exact, run_cases
 
 KEY = "model.layers.0.self_attn.k_proj.weight"
@@ -14,7 +14,8 @@ KEY = "model.layers.0.self_attn.k_proj.weight"
 
 def check_expand_kv(expand_kv: Callable) -> CheckResult:
     """``expand_kv(k_weight, n_heads, n_kv, head_dim) -> [n_heads * head_dim, H]``: the rows of KV head j copied
-    to query heads j*g .. j*g+g-1, g = n_heads / n_kv (``parity.expand_kv_heads``). k_weight: [n_kv * head_dim, H]."""
+    to query heads j*g .. j*g+g-1, g = n_heads / n_kv (``references.expand_kv_heads``).
+    k_weight: [n_kv * head_dim, H]."""
     g = torch.Generator().manual_seed(31)
     cases = []
     for n_heads, n_kv, d, h in ((2, 1, 2, 3), (4, 2, 3, 5), (6, 3, 2, 4)):

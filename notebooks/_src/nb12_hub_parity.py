@@ -49,7 +49,7 @@ torch.manual_seed(0)
 torch.set_num_threads(2)
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
-work = Path(tempfile.mkdtemp(prefix="lesson10-"))
+work = Path(tempfile.mkdtemp(prefix="lesson12-"))
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 print("running on", device)
 %matplotlib inline
@@ -259,7 +259,7 @@ First the stand-ins for the models whose weights are missing (published shapes, 
 the published file layout):
 """),
 code("""
-from doge_from_scratch import parity
+from doge_from_scratch import parity, references
 
 targets = {}
 for hub_id, (preset, generation) in MODELS.items():
@@ -267,7 +267,7 @@ for hub_id, (preset, generation) in MODELS.items():
         targets[hub_id] = (str(found[hub_id]), "published weights")
         continue
     folder = work / f"stand-in-{preset}"
-    parity.write_stand_in(folder, DogeConfig.from_preset(preset), generation=generation, seed=0)
+    references.write_stand_in(folder, DogeConfig.from_preset(preset), generation=generation, seed=0)
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
     targets[hub_id] = (str(folder), f"STAND-IN: random weights, {preset} shapes, generation {generation} layout")
     print(f"{hub_id}: stand-in written ({size:.0f} MiB, generation {generation})")
@@ -435,7 +435,8 @@ from doge_from_scratch.exercises import check_expand_kv, check_first_divergence
 
 def expand_kv(k_weight, n_heads, n_kv, head_dim):
     \"\"\"expand_kv(k_weight, n_heads, n_kv, head_dim) -> [n_heads * head_dim, H]: the rows of KV head j copied to
-    query heads j*g .. j*g+g-1, g = n_heads / n_kv (parity.expand_kv_heads). k_weight: [n_kv * head_dim, H].\"\"\"
+    query heads j*g .. j*g+g-1, g = n_heads / n_kv (references.expand_kv_heads).
+    k_weight: [n_kv * head_dim, H].\"\"\"
     raise NotImplementedError  # your code here
 
 
