@@ -29,11 +29,10 @@ import torch.nn.functional as F
 
 from .data import load_lesson_dataset
 from .model import DogeForCausalLM
-from .paths import ARTIFACTS_DIR
-from .sft import (IGNORE, SFTSettings, collate_padded, count_trainable, ensure_sft, model_inputs, save_stage,
-                  sft_examples, sft_step_batches, train_sft)
+from .sft import (IGNORE, SFTSettings, collate_padded, count_trainable, ensure_sft, finished_stage, model_inputs,
+                  save_stage, sft_examples, sft_step_batches, train_sft)
 from .tokenizer import BEGIN_SOLUTION, load_tokenizer
-from .train_utils import OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, train, world_size
+from .train_utils import OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, train
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -188,11 +187,9 @@ REASON_DISTILL_SETTINGS = SFTSettings(lr=3e-3, epochs=2, max_length=1024, rows_p
 def ensure_reason_distill(folder: str | Path | None = None, progress: bool = True) -> Path:
     """Lesson 09's sequence-level student (the chat model without its second-to-last layer, SFT on the reasoning
     traces with the lesson's settings), trained here unless ``folder`` (default artifacts/reason_distill) holds it."""
-    folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "reason_distill"
-    if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
+    folder, done = finished_stage(folder, "reason_distill", "ensure_reason_distill")
+    if done:
         return folder
-    if world_size() > 1:
-        raise RuntimeError("ensure_reason_distill trains in one process; run it before starting a distributed job")
     base = ensure_sft(progress=progress)
     chat = DogeForCausalLM.from_pretrained(base)
     student = student_without_layer(chat, chat.config.num_hidden_layers - 2)

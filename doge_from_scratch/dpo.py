@@ -30,11 +30,10 @@ import torch.nn.functional as F
 
 from .data import load_lesson_dataset
 from .model import DogeForCausalLM
-from .paths import ARTIFACTS_DIR
-from .sft import ensure_sft, save_stage
+from .sft import ensure_sft, finished_stage, save_stage
 from .tokenizer import load_tokenizer
 from .train_utils import (OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, step_groups,
-                          token_nll, train, world_size)
+                          token_nll, train)
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
@@ -251,11 +250,9 @@ def preference_metrics(model, ref_model, tokenizer, records: Sequence[Mapping[st
 def ensure_dpo(folder: str | Path | None = None, sft_folder: str | Path | None = None,
                settings: DPOSettings | None = None, progress: bool = True) -> Path:
     """The DPO model of lesson 08, trained from the SFT model (``ensure_sft``) unless ``folder`` has one."""
-    folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "dpo"
-    if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
+    folder, done = finished_stage(folder, "dpo", "ensure_dpo")
+    if done:
         return folder
-    if world_size() > 1:
-        raise RuntimeError("ensure_dpo trains in one process; run it before starting a distributed job")
     base = ensure_sft(sft_folder, progress=progress)
     model, ref = DogeForCausalLM.from_pretrained(base), DogeForCausalLM.from_pretrained(base).eval()
     tokenizer = load_tokenizer(base)

@@ -43,9 +43,8 @@ from .data import REASONING_SYSTEM_PROMPT
 from .distill import ensure_reason_distill
 from .generation import chat_replies
 from .model import DogeForCausalLM
-from .paths import ARTIFACTS_DIR
 from .rewards import REWARD_FUNCS, is_correct, is_strictly_formatted
-from .sft import save_stage
+from .sft import finished_stage, save_stage
 from .tasks import TASKS, prompt_and_reference
 from .tokenizer import load_tokenizer
 from .train_utils import (OptimizerSettings, StageLoss, StepLog, all_reduce_sum, cosine_schedule, make_optimizer,
@@ -560,11 +559,9 @@ def ensure_grpo(folder: str | Path | None = None, settings: GRPOSettings | None 
                 progress: bool = True) -> Path:
     """Lesson 10's GRPO model (lesson 09's student after ``train_grpo`` with the default recipe on 2000 training
     comparisons), trained here unless ``folder`` (default artifacts/grpo) already holds one."""
-    folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "grpo"
-    if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
+    folder, done = finished_stage(folder, "grpo", "ensure_grpo")
+    if done:
         return folder
-    if world_size() > 1:
-        raise RuntimeError("ensure_grpo trains in one process; run it before starting a distributed job")
     base = ensure_reason_distill(progress=progress)
     model, tokenizer = DogeForCausalLM.from_pretrained(base), load_tokenizer(base)
     settings = settings or GRPOSettings()

@@ -235,15 +235,24 @@ def save_stage(model, tokenizer, folder: str | Path, history: Sequence[StepLog],
     return folder
 
 
+def finished_stage(folder: str | Path | None, default_name: str, who: str) -> tuple[Path, bool]:
+    """A post-training stage's folder (``folder``, else artifacts/``default_name``) and whether it already holds the
+    finished stage (what ``save_stage`` writes last: config.json and training_log.json). The ``ensure_*`` helpers
+    train in one process, so under DDP a missing stage is an error naming ``who``."""
+    folder = Path(folder) if folder is not None else ARTIFACTS_DIR / default_name
+    done = (folder / "config.json").is_file() and (folder / "training_log.json").is_file()
+    if not done and world_size() > 1:
+        raise RuntimeError(f"{who} trains in one process; run it before starting a distributed job")
+    return folder, done
+
+
 def ensure_sft(folder: str | Path | None = None, pretrained: str | Path | None = None,
                settings: SFTSettings | None = None, progress: bool = True) -> Path:
     """The SFT model of lesson 07: trained from the pretrained model on the chat train split unless ``folder``
     already holds one (so lessons 08 and 09 run on their own)."""
-    folder = Path(folder) if folder is not None else ARTIFACTS_DIR / "sft"
-    if (folder / "config.json").is_file() and (folder / "training_log.json").is_file():
+    folder, done = finished_stage(folder, "sft", "ensure_sft")
+    if done:
         return folder
-    if world_size() > 1:
-        raise RuntimeError("ensure_sft trains in one process; run it before starting a distributed job")
     base = Path(ensure_pretrained(pretrained, progress=progress))
     model = DogeForCausalLM.from_pretrained(base)
     tokenizer = load_tokenizer(base)
