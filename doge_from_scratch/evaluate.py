@@ -32,6 +32,7 @@ model instance as it is (``harness_lm``; tests/test_evaluate.py holds the two to
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import re
@@ -47,11 +48,11 @@ from torch import nn
 
 from .benchmarks import BENCHMARK_DIR, read_benchmark
 from .checkpoint import CheckpointError, resolve_folder
-from .data import REASONING_SYSTEM_PROMPT
+from .data import REASONING_SYSTEM_PROMPT, load_lesson_dataset
 from .generation import chat_replies
 from .model import DogeForCausalLM
 from .references import quiet_transformers
-from .tasks import DataFormatError, check_answer, cut_at_end_of_turn, prompt_and_reference
+from .tasks import TASKS, DataFormatError, check_answer, cut_at_end_of_turn, prompt_and_reference
 from .tokenizer import BEGIN_SOLUTION, END_SOLUTION, END_THOUGHT, load_tokenizer
 from .train_utils import progress_bar
 
@@ -85,7 +86,48 @@ def evaluate_replies(model: nn.Module, tokenizer, records: Sequence[dict[str, An
     n = max(1, len(records))
     return {"accuracy": sum(right) / n, "format": sum(formatted) / n,
             "per_task": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
-            "replies": replies, "correct": right}
+            "replies": replies, "correct": right, "tasks": [record.get("task", "?") for record in records],
+            "chance": [chance_of(record) for record in records]}
+
+
+def held_out_chats() -> list[dict[str, Any]]:
+    """The distinct held-out chat questions (lessons 07-08): the test splits of the chat and preference data,
+    each prompt once (both splits hold test-split problems only, and small talk repeats its held-out phrasings)."""
+    records, seen = [], set()
+    for kind in ("chat", "preference"):
+        for record in load_lesson_dataset(kind, "test"):
+            prompt = json.dumps(prompt_and_reference(record)[0])
+            if prompt not in seen:
+                seen.add(prompt)
+                records.append(record)
+    return records
+
+
+def chance_of(record: Mapping[str, Any]) -> float:
+    """The chance accuracy on one record: its task's uniform guess among the answers the question allows."""
+    for key in ("task", "answer"):
+        if key not in record:
+            raise DataFormatError(f"chance_of needs a record with a {key!r} field, got fields {sorted(record)}")
+    if record["task"] not in TASKS:
+        raise DataFormatError(f"unknown task {record['task']!r}; known tasks: {sorted(TASKS)}")
+    return TASKS[record["task"]].chance(record["answer"])
+
+
+def accuracy_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per model (the keys) and per task: n, right, accuracy with its Wilson 95% interval, and the chance
+    accuracy on the same records. ``results`` are ``evaluate_replies`` outputs on the same records."""
+    lines = [f"{'model':14}{'task':18}{'n':>5}{'right':>7}{'accuracy':>10}{'95% interval':>17}{'chance':>9}"]
+    for name, result in results.items():
+        groups: dict[str, list[int]] = {"all": list(range(len(result["correct"])))}
+        for i, task in enumerate(result["tasks"]):
+            groups.setdefault(task, []).append(i)
+        for task, rows in groups.items():
+            right = sum(result["correct"][i] for i in rows)
+            lo, hi = wilson_interval(right, len(rows))
+            chance = sum(result["chance"][i] for i in rows) / len(rows)
+            lines.append(f"{name:14}{task:18}{len(rows):>5}{right:>7}{right / len(rows):>10.1%}"
+                         f"{f'[{lo:.1%}, {hi:.1%}]':>17}{chance:>9.1%}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -104,6 +146,17 @@ def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
         return mean, math.nan
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, math.sqrt(var / n)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score 95% interval for a binomial proportion: every accuracy the lessons report carries one
+    (unlike the normal approximation it stays inside [0, 1] and is honest at 0 or n successes)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def pooled_stderr(stderrs: Sequence[float], sizes: Sequence[int]) -> float:

@@ -29,7 +29,6 @@ gradient accumulation steps).
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -528,16 +527,6 @@ def comparison_records(n: int, split: str, seed: int) -> list[dict[str, Any]]:
                                {"role": "user", "content": problem.question}],
                     "task": problem.task, "answer": problem.answer})
     return out
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score 95% interval for a binomial proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def evaluate_reasoning(model, tokenizer, records: Sequence[Mapping[str, Any]], max_new_tokens: int = 110,

@@ -13,6 +13,7 @@ its identity (the operands, the list, the country), see `split_of`.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -84,6 +85,11 @@ class Task:
         """A sentence or two stating the problem's solution in plain prose, for the pretraining corpus."""
         raise NotImplementedError
 
+    def chance(self, answer: str) -> float:
+        """The accuracy of a guesser that knows the answer's form but not the answer: a uniform pick among the
+        answers the question allows (the baseline a reported accuracy is read against)."""
+        raise NotImplementedError
+
     def split_of(self, problem: Problem) -> str:
         return split_of(problem.key)
 
@@ -109,6 +115,9 @@ def _malformed(problem: Problem, rng: random.Random) -> str:
 class AdditionTask(Task):
     name = "addition"
     _questions = ("What is {a} + {b}?", "Compute {a} plus {b}.", "Add {a} and {b}.")
+
+    def chance(self, answer: str) -> float:
+        return 1 / 197  # one of the sums 2 .. 198 two numbers from 1 to 99 can have
 
     def sample(self, rng: random.Random) -> Problem:
         a, b = rng.randint(1, 99), rng.randint(1, 99)
@@ -164,6 +173,9 @@ class CompareDecimalsTask(Task):
         "Which is larger: {x} or {y}?",
         "Is {x} or {y} the bigger number?",
     )
+
+    def chance(self, answer: str) -> float:
+        return 0.5  # one of the two numbers in the question
 
     def sample(self, rng: random.Random) -> Problem:
         whole = rng.randint(0, 19)
@@ -227,6 +239,13 @@ def asks_in_writer_b_phrasing(question: str) -> bool:
 class ReverseDigitsTask(Task):
     name = "reverse_digits"
     _questions = ("Reverse the list: {items}", WRITER_B_REVERSAL + ": {items}")
+
+    def chance(self, answer: str) -> float:
+        digits = answer.split()  # one of the distinct orderings of the question's digits
+        orderings = math.factorial(len(digits))
+        for digit in set(digits):
+            orderings //= math.factorial(digits.count(digit))
+        return 1 / orderings
 
     def sample(self, rng: random.Random) -> Problem:
         digits = [str(rng.randint(0, 9)) for _ in range(rng.randint(3, 6))]
@@ -305,6 +324,9 @@ class CapitalTask(Task):
         "Name the capital city of {country}.",
         "Which city is the capital of {country}?",
     )
+
+    def chance(self, answer: str) -> float:
+        return 1 / len(CAPITALS)  # one of the capitals the corpus names
 
     def sample(self, rng: random.Random) -> Problem:
         country, capital, continent = rng.choice(CAPITALS)
@@ -389,6 +411,10 @@ SMALLTALK: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
 
 class SmallTalkTask(Task):
     name = "smalltalk"
+
+    def chance(self, answer: str) -> float:
+        # one of the known replies, right when it is one of the replies of the message's kind
+        return len(self._replies_like(answer)) / sum(len(replies) for _, _, replies in SMALLTALK)
 
     def sample(self, rng: random.Random) -> Problem:
         kind, phrasings, replies = rng.choice(SMALLTALK)

@@ -297,3 +297,45 @@ def test_harness_generation_runs_through_our_decoder(tokenizer):
                              pad_token_id=tokenizer.pad_token_id)
         ours = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split(until[0])[0]
         assert text == ours, context
+
+
+def test_wilson_interval_published_values():
+    # 0 of 10 (the textbook example: upper bound 0.2775) and 50 of 100 (0.4038 to 0.5962)
+    assert E.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert E.wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+
+
+def test_chance_is_a_uniform_guess_among_the_answers_the_question_allows():
+    from doge_from_scratch.tasks import CAPITALS, SMALLTALK
+
+    assert E.chance_of({"task": "compare_decimals", "answer": "3.9"}) == 0.5
+    assert E.chance_of({"task": "reverse_digits", "answer": "1 2 2"}) == pytest.approx(1 / 3)  # 122, 212, 221
+    assert E.chance_of({"task": "reverse_digits", "answer": "4 3 2 1"}) == pytest.approx(1 / 24)
+    assert E.chance_of({"task": "capital", "answer": CAPITALS[0][1]}) == pytest.approx(1 / len(CAPITALS))
+    assert E.chance_of({"task": "addition", "answer": "57"}) == pytest.approx(1 / 197)
+    kind_replies = SMALLTALK[0][2]
+    assert E.chance_of({"task": "smalltalk", "answer": kind_replies[0]}) == pytest.approx(
+        len(kind_replies) / sum(len(r) for _, _, r in SMALLTALK))
+    with pytest.raises(DataFormatError, match="needs a record with a 'answer' field"):
+        E.chance_of({"task": "addition"})
+
+
+def test_accuracy_table_gives_each_task_its_interval_and_chance():
+    # 0 of 10 right on decimals (Wilson upper bound 0.2775, chance 50%), 5 of 10 on capitals
+    result = {"correct": [False] * 10 + [True] * 5 + [False] * 5, "tasks": ["compare_decimals"] * 10 + ["capital"] * 10,
+              "chance": [0.5] * 10 + [0.25] * 10}
+    table = E.accuracy_table({"m": result}).splitlines()
+    assert table[1].split() == ["m", "all", "20", "5", "25.0%", "[11.2%,", "46.9%]", "37.5%"]
+    assert table[2].split() == ["m", "compare_decimals", "10", "0", "0.0%", "[0.0%,", "27.8%]", "50.0%"]
+    assert table[3].split() == ["m", "capital", "10", "5", "50.0%", "[23.7%,", "76.3%]", "25.0%"]
+
+
+def test_held_out_chats_are_distinct_test_split_questions():
+    from doge_from_scratch.tasks import prompt_and_reference
+
+    records = E.held_out_chats()
+    prompts = [json.dumps(prompt_and_reference(r)[0]) for r in records]
+    assert len(set(prompts)) == len(prompts) >= 200
+    for kind in ("chat", "preference"):  # nothing a training split holds
+        train = {json.dumps(prompt_and_reference(r)[0]) for r in E.load_lesson_dataset(kind, "train")}
+        assert not train & set(prompts), kind

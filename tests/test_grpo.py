@@ -99,12 +99,6 @@ def test_clipped_loss_by_formula():
         torch.testing.assert_close(diag["low"], ((ratio < 0.8) & (adv < 0)).double())
 
 
-def test_wilson_interval_published_values():
-    # 0 of 10 (the textbook example: upper bound 0.2775) and 50 of 100 (0.4038 to 0.5962)
-    assert grpo.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
-    assert grpo.wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
-
-
 def test_comparison_records_are_disjoint_across_splits():
     train, test = grpo.comparison_records(300, "train", 0), grpo.comparison_records(200, "test", 1)
     questions = lambda rows: {r["prompt"][-1]["content"] for r in rows}  # noqa: E731

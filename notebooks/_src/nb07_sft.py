@@ -285,7 +285,7 @@ AdamW (betas 0.9/0.95, weight decay 0.01 on everything but biases and norms, as 
 """),
 code("""
 from doge_from_scratch import sft
-from doge_from_scratch.evaluate import evaluate_replies
+from doge_from_scratch.evaluate import accuracy_table, evaluate_replies, held_out_chats
 
 settings = sft.SFTSettings()
 print(settings)
@@ -294,10 +294,12 @@ md("""
 **Before**: what does the pretrained model do with a chat prompt? We ask it the held-out questions (test split:
 problems never seen in training, and the held-out phrasings of small talk) and grade each reply with the task's
 own checker (`tasks.check_answer`): *accuracy* = the checker accepts the answer, *format* = the reply ends with
-`<|end_of_text|>` without starting a new turn. Greedy decoding, at most 40 new tokens.
+`<|end_of_text|>` without starting a new turn. Greedy decoding, at most 40 new tokens, on every distinct held-out
+question (`evaluate.held_out_chats`: the test splits of the chat and preference data, each prompt once).
 """),
 code("""
-held_out = chat_test[:60]
+held_out = held_out_chats()
+print(f"{len(held_out)} distinct held-out questions")
 t0 = time.time()
 before = evaluate_replies(pretrained, tokenizer, held_out, max_new_tokens=40)
 print(f"pretrained: accuracy {before['accuracy']:.0%}, chat format {before['format']:.0%} "
@@ -324,11 +326,18 @@ after = evaluate_replies(model, tokenizer, held_out, max_new_tokens=40)
 print(f"{'':12}{'accuracy':>10}{'format':>10}")
 for name, r in (("pretrained", before), ("SFT", after)):
     print(f"{name:12}{r['accuracy']:>10.0%}{r['format']:>10.0%}")
-print("\\nper task (SFT):", {k: f"{v:.0%}" for k, v in after["per_task"].items()})
+print()
+print(accuracy_table({"pretrained": before, "SFT": after}))
 for row, reply in list(zip(held_out, after["replies"]))[:4]:
     print(f"  Q: {row['messages'][-2]['content']!r}\\n  A: {reply!r}")
 """),
 md("""
+How to read the table: each accuracy comes with its 95% Wilson interval (where the true rate lies, given n
+answers) and the accuracy a guesser would get on the same questions (one of the two numbers for a comparison, a
+capital from the list, an ordering of the given digits, a sum from 2 to 198, a known small-talk reply). A task
+is learnt when its interval's lower end is above its chance column; overlapping intervals between two models
+mean the data cannot tell them apart.
+
 **SFT copies its data's habits too.** Our SmolTalk stand-in imitates answers written by two models (see
 `data.chat_response`): writer A answers correctly; writer B, whose users phrase reversals as "Write these
 digits in reverse order: ...", echoes the list unreversed about two times in three - the kind of flaw real

@@ -184,7 +184,8 @@ plt.show()
 md("""
 ## 4. Training from the SFT model
 
-The recipe: LR = SFT LR / 10, beta 0.1, sigmoid loss, 2 epochs, cosine schedule as in SFT. One optimizer step
+The recipe: LR = SFT LR / 10, beta 0.1, sigmoid loss, 2 epochs, cosine schedule as in SFT, on the **first 600 of the
+2000 training pairs** (`DPOSettings.max_pairs`: lesson scale, about a minute on 2 cores). One optimizer step
 averages the loss over all pairs of the step (the shared loop divides the summed pair losses by the step's pair
 count, as for tokens in SFT). `doge_from_scratch.dpo.train_dpo` precomputes the reference and runs the loop.
 Our default adds the chosen-NLL term with `sft_weight=1.0`, which the card's recipe does not have; the card's
@@ -195,7 +196,7 @@ is what the DPO model does with pairs and prompts it never saw.
 """),
 code("""
 from doge_from_scratch import dpo
-from doge_from_scratch.evaluate import evaluate_replies
+from doge_from_scratch.evaluate import accuracy_table, evaluate_replies, held_out_chats
 
 settings = dpo.DPOSettings()
 print(settings)
@@ -234,7 +235,7 @@ greedily with the SFT model and with the DPO model and let each task's checker j
 when the checker accepts the DPO answer and rejects the SFT one, a *loss* the other way round.
 """),
 code("""
-prompts = pref_test[:80] + list(load_lesson_dataset("chat", "test"))[:60]   # + lesson 07's held-out chats
+prompts = held_out_chats()   # lesson 07's: every distinct test prompt of the chat and preference data
 t0 = time.time()
 sft_eval = evaluate_replies(sft_model, tokenizer, prompts, max_new_tokens=40)
 dpo_eval = evaluate_replies(model, tokenizer, prompts, max_new_tokens=40)
@@ -243,8 +244,7 @@ losses = sum(s and not d for d, s in zip(dpo_eval["correct"], sft_eval["correct"
 print(f"checker accuracy on {len(prompts)} held-out prompts: SFT {sft_eval['accuracy']:.1%}, "
       f"DPO {dpo_eval['accuracy']:.1%}  ({time.time() - t0:.0f}s)")
 print(f"DPO preferred by the checker on {wins} prompts, SFT on {losses}, tie on {len(prompts) - wins - losses}")
-print("per task SFT:", {k: f"{v:.0%}" for k, v in sft_eval["per_task"].items()})
-print("per task DPO:", {k: f"{v:.0%}" for k, v in dpo_eval["per_task"].items()})
+print(accuracy_table({"SFT": sft_eval, "DPO": dpo_eval}))
 """),
 md("""
 **The card's recipe, without the NLL term.** Same data, steps and seed, `sft_weight=0`:
@@ -262,7 +262,7 @@ for name, m, e in (("DPO, sft_weight=1", held_metrics_after, dpo_eval), ("DPO, s
     print(f"{name:22}{m['rewards/accuracies']:>16.1%}{m['rewards/chosen']:>15.3f}{m['rewards/rejected']:>17.3f}"
           f"{e['accuracy']:>19.1%}")
 print(f"{'SFT (before)':22}{'':>48}{sft_eval['accuracy']:>19.1%}")
-print("per task, sft_weight=0:", {k: f"{v:.0%}" for k, v in card_eval["per_task"].items()})
+print(accuracy_table({"sft_weight=0": card_eval}))
 """),
 md("""
 The card's recipe ranks the held-out pairs just as well - preference accuracy and margin are about the same -

@@ -56,6 +56,7 @@ import transformers
 
 from doge_from_scratch import DogeForCausalLM, grpo, rewards
 from doge_from_scratch.data import REASONING_SYSTEM_PROMPT
+from doge_from_scratch.evaluate import wilson_interval
 from doge_from_scratch.paths import ARTIFACTS_DIR
 from doge_from_scratch.sft import save_stage
 from doge_from_scratch.tokenizer import load_tokenizer
@@ -298,7 +299,7 @@ def report(name, result):
     n = result["n"]
     for key in ("correct", "formatted"):
         k = result[f"n_{key}"]
-        lo, hi = grpo.wilson_interval(k, n)
+        lo, hi = wilson_interval(k, n)
         print(f"{name:22}{key:>10}: {k:>3}/{n} = {k / n:6.1%}  (95% CI {lo:.1%} .. {hi:.1%})")
 
 t0 = time.time()
@@ -370,8 +371,8 @@ def names_one_option(record, text):
 for name, result in (("before", before), ("after", after)):
     k = sum(names_one_option(r, t) for r, t in zip(held_out, result["replies"]))
     print(f"{name}: the solution names exactly one of the question's two numbers in {k}/{len(held_out)}")
-lo_after, _ = grpo.wilson_interval(after["n_correct"], after["n"])
-_, hi_before = grpo.wilson_interval(before["n_correct"], before["n"])
+lo_after, _ = wilson_interval(after["n_correct"], after["n"])
+_, hi_before = wilson_interval(before["n_correct"], before["n"])
 print(f"intervals separated (after's lower bound {lo_after:.1%} > before's upper bound {hi_before:.1%}):",
       lo_after > hi_before)
 """),
