@@ -170,9 +170,12 @@ def test_continue_text_is_greedy_raw_text_after_a_bos(tok):
 def test_training_benchmark_runs_and_ends_with_json(capsys):
     from doge_from_scratch.bench import train as bench_train
 
-    assert bench_train.main(["--config", "tiny", "--batch", "1", "--seq", "16", "--steps", "1", "--warmup", "0"]) == 0
+    assert bench_train.main(["--config", "tiny", "--batch", "1", "--seq", "16", "--steps", "1", "--warmup", "0",
+                             "--optimizer", "loop", "--optimizer", "fused"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(last)
     assert summary["benchmark"] == "train"
     assert {r["model"] for r in summary["rows"]} == {"doge_from_scratch", "transformers (sdpa)", "transformers (eager)"}
-    assert set(summary["speedup_vs_best_transformers"]) == {"tiny/float32"}
+    assert set(summary["speedup_vs_best_transformers"]) == {"tiny/float32/loop", "tiny/float32/fused"}
+    for row in summary["rows"]:  # shares of one step: each in (0, 1)
+        assert 0 < row["optimizer_share"] < 1 and 0 < row["matmul_share"] < 1, row
