@@ -338,6 +338,14 @@ capital from the list, an ordering of the given digits, a sum from 2 to 198, a k
 is learnt when its interval's lower end is above its chance column; overlapping intervals between two models
 mean the data cannot tell them apart.
 
+What the run saved here shows, plainly: SFT teaches the *format* of an answer more than its content. Reversals
+go from 0 to about a quarter right, clearly above the chance of guessing an ordering of the digits. Every other
+task is at or below chance after SFT as before it: comparisons even fall, from a little under the 50% of naming
+one of the two numbers at random to about a third, and the overall accuracy of the two models is the same within
+its interval (and at the chance level of the whole set). A 60-question sample of the same models once read
+"13% -> 28%"; with every distinct held-out question the gain is not there. The tiny pretrained model knows too
+little for 132 SFT steps to turn into right answers; lesson 08 is where a measured gain appears.
+
 **SFT copies its data's habits too.** Our SmolTalk stand-in imitates answers written by two models (see
 `data.chat_response`): writer A answers correctly; writer B, whose users phrase reversals as "Write these
 digits in reverse order: ...", echoes the list unreversed about two times in three - the kind of flaw real
@@ -466,8 +474,10 @@ with torch.no_grad():
     assert (torch.allclose(ours_sum, summed_nll(pretrained, batch)[0], rtol=1e-6)
             and ours_n == summed_nll(pretrained, batch)[1])
 assert all(abs(package_schedule(s, 10, 100) - cosine_with_min_lr(s, 10, 100)) < 1e-12 for s in range(101))
-assert after["format"] >= max(before["format"], 0.9) and after["accuracy"] > before["accuracy"]
-print("doge_from_scratch.sft matches the notebook; SFT keeps the chat format and improves accuracy on held-out prompts")
+reversals = [i for i, task in enumerate(after["tasks"]) if task == "reverse_digits"]
+assert after["format"] >= max(before["format"], 0.9)
+assert sum(after["correct"][i] for i in reversals) > sum(before["correct"][i] for i in reversals) + 10
+print("doge_from_scratch.sft matches the notebook; SFT keeps the chat format and teaches the reversal answers")
 """),
 md("""
 ## Exercises

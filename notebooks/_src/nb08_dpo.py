@@ -247,6 +247,13 @@ print(f"DPO preferred by the checker on {wins} prompts, SFT on {losses}, tie on 
 print(accuracy_table({"SFT": sft_eval, "DPO": dpo_eval}))
 """),
 md("""
+This is the series' first gain that the measurement can tell from noise: the two overall intervals do not overlap
+(the SFT model's upper end is below the DPO model's lower end), on every distinct held-out question of lessons 07 and
+08 (`evaluate.held_out_chats`, none of them in any training split). The gain is in reversals and comparisons; the
+comparison accuracy is still not above the 50% of guessing one of the two numbers, and additions and capitals stay
+at chance. Small talk falls (11 questions only): its rejected answers are other valid replies of the wrong kind (a
+farewell after a greeting), and pushing those down pushes down replies that are right elsewhere.
+
 **The card's recipe, without the NLL term.** Same data, steps and seed, `sft_weight=0`:
 """),
 code("""
