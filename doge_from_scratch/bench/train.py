@@ -16,8 +16,12 @@ time): the training floor, the part no element-wise work removes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -61,9 +65,34 @@ def make_step(model: torch.nn.Module, batch: torch.Tensor, autocast_dtype: torch
     return step
 
 
+@contextlib.contextmanager
+def _without_profiler_lines():
+    """The CPU profiler writes two "USDT: ... profiler_start/stop" lines to the process's stderr per use; drop
+    those, pass anything else on."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr is not a file (captured): nothing to filter
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught:
+                if not line.startswith(b"USDT:"):
+                    sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+
+
 def matmul_seconds(step: Callable[[], tuple[float, float]]) -> float:
     """Self time of the matrix products in one profiled step."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with _without_profiler_lines(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         step()
     return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1e6
 
