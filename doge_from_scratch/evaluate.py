@@ -48,7 +48,7 @@ from torch import nn
 
 from .benchmarks import BENCHMARK_DIR, read_benchmark
 from .checkpoint import CheckpointError, resolve_folder
-from .data import REASONING_SYSTEM_PROMPT, load_lesson_dataset
+from .data import REASONING_SYSTEM_PROMPT, generate_rows, load_lesson_dataset
 from .generation import chat_replies
 from .model import DogeForCausalLM
 from .references import quiet_transformers
@@ -101,6 +101,24 @@ def held_out_chats() -> list[dict[str, Any]]:
                 seen.add(prompt)
                 records.append(record)
     return records
+
+
+def held_out_reasoning(n: int = 240) -> list[dict[str, Any]]:
+    """``n`` distinct held-out reasoning questions (lesson 09): the test split's stream of Reason-Distill-style
+    records (``data.generate_rows``; the committed data/reasoning/test.jsonl holds its first 80), each question once.
+    Test-split problems only, so none is in any training file."""
+    records, seen, stream = [], set(), 4 * n
+    while len(records) < n:
+        records, seen = [], set()
+        for record in generate_rows("reasoning", "test", stream):
+            question = record["messages"][1]["content"]
+            if question not in seen:
+                seen.add(question)
+                records.append(record)
+        stream *= 2
+        if stream > 64 * n:
+            raise ValueError(f"the reasoning test split has fewer than {n} distinct questions")
+    return records[:n]
 
 
 def chance_of(record: Mapping[str, Any]) -> float:

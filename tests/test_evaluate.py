@@ -339,3 +339,13 @@ def test_held_out_chats_are_distinct_test_split_questions():
     for kind in ("chat", "preference"):  # nothing a training split holds
         train = {json.dumps(prompt_and_reference(r)[0]) for r in E.load_lesson_dataset(kind, "train")}
         assert not train & set(prompts), kind
+
+
+def test_held_out_reasoning_questions_are_distinct_and_never_trained_on():
+    records = E.held_out_reasoning(240)
+    questions = [r["messages"][1]["content"] for r in records]
+    assert len(records) == len(set(questions)) == 240
+    train = {r["messages"][1]["content"] for r in E.load_lesson_dataset("reasoning", "train")}
+    assert not train & set(questions)
+    committed = [r["messages"][1]["content"] for r in E.load_lesson_dataset("reasoning", "test")]
+    assert set(committed) <= set(questions)  # the committed test file is the start of the same stream
