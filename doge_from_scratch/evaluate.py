@@ -1,4 +1,10 @@
-"""Benchmark scoring from scratch, the way lm-evaluation-harness (lm-eval 0.4.13) scores the model cards' tables.
+"""How the models are measured: free generation judged by the lesson tasks' checkers (lessons 07-10), and benchmark
+scoring from scratch, the way lm-evaluation-harness (lm-eval 0.4.13) scores the model cards' tables (lesson 11).
+
+Free generation: ``evaluate_replies`` answers each held-out record greedily and lets its task's checker judge;
+``held_out_chats`` and ``held_out_reasoning`` are the held-out sets (test-split problems, each prompt once), and
+``accuracy_table`` prints every accuracy with its Wilson 95% interval and the chance accuracy on the same records
+(``chance_of``: a uniform guess among the answers the question allows).
 
 Multiple choice by log-likelihood. A question becomes a *context* string (a task description, few-shot examples,
 the question) and each answer choice a *continuation* (the target delimiter, a space, then the choice). The score of a
