@@ -58,7 +58,7 @@ from .data import REASONING_SYSTEM_PROMPT, generate_rows, load_lesson_dataset
 from .generation import chat_replies
 from .model import DogeForCausalLM
 from .references import quiet_transformers
-from .tasks import TASKS, DataFormatError, check_answer, cut_at_end_of_turn, prompt_and_reference
+from .tasks import DataFormatError, check_answer, cut_at_end_of_turn, prompt_and_reference, task_of
 from .tokenizer import BEGIN_SOLUTION, END_SOLUTION, END_THOUGHT, load_tokenizer
 from .train_utils import progress_bar
 
@@ -113,28 +113,20 @@ def held_out_reasoning(n: int = 240) -> list[dict[str, Any]]:
     """``n`` distinct held-out reasoning questions (lesson 09): the test split's stream of Reason-Distill-style
     records (``data.generate_rows``; the committed data/reasoning/test.jsonl holds its first 80), each question once.
     Test-split problems only, so none is in any training file."""
-    records, seen, stream = [], set(), 4 * n
-    while len(records) < n:
-        records, seen = [], set()
-        for record in generate_rows("reasoning", "test", stream):
-            question = record["messages"][1]["content"]
-            if question not in seen:
-                seen.add(question)
-                records.append(record)
-        stream *= 2
-        if stream > 64 * n:
-            raise ValueError(f"the reasoning test split has fewer than {n} distinct questions")
+    records, seen = [], set()
+    for record in generate_rows("reasoning", "test", 16 * n):  # the stream repeats a question about 1 row in 4
+        question = record["messages"][1]["content"]
+        if question not in seen:
+            seen.add(question)
+            records.append(record)
+    if len(records) < n:
+        raise ValueError(f"the reasoning test split gave {len(records)} distinct questions in {16 * n} rows, not {n}")
     return records[:n]
 
 
 def chance_of(record: Mapping[str, Any]) -> float:
     """The chance accuracy on one record: its task's uniform guess among the answers the question allows."""
-    for key in ("task", "answer"):
-        if key not in record:
-            raise DataFormatError(f"chance_of needs a record with a {key!r} field, got fields {sorted(record)}")
-    if record["task"] not in TASKS:
-        raise DataFormatError(f"unknown task {record['task']!r}; known tasks: {sorted(TASKS)}")
-    return TASKS[record["task"]].chance(record["answer"])
+    return task_of(record, "chance_of").chance(record["answer"])
 
 
 def accuracy_table(results: Mapping[str, Mapping[str, Any]]) -> str:

@@ -497,6 +497,18 @@ def expects_reasoning_format(record: Mapping[str, Any]) -> bool:
     return any(m.get("role") == "system" and BEGIN_SOLUTION in m.get("content", "") for m in _prompt_messages(record))
 
 
+def task_of(record: Mapping[str, Any], caller: str) -> Task:
+    """The task of a record that has the ``task`` and ``answer`` fields; a DataFormatError naming ``caller`` and the
+    missing field (or the unknown task) otherwise."""
+    for key in ("task", "answer"):
+        if key not in record:
+            raise DataFormatError(f"{caller} needs a record with a {key!r} field, got fields {sorted(record)}")
+    task = TASKS.get(record["task"])
+    if task is None:
+        raise DataFormatError(f"unknown task {record['task']!r}; known tasks: {sorted(TASKS)}")
+    return task
+
+
 def check_answer(record: Mapping[str, Any], generated_text: str) -> bool:
     """True when `generated_text` (the model's reply to the record's last question) is right by the task's rules.
 
@@ -504,12 +516,7 @@ def check_answer(record: Mapping[str, Any], generated_text: str) -> bool:
     when the record's system prompt asks for thought/solution sections, only a well-formed reply counts and
     only its solution section is checked.
     """
-    for key in ("task", "answer"):
-        if key not in record:
-            raise DataFormatError(f"check_answer needs a record with a {key!r} field, got fields {sorted(record)}")
-    task = TASKS.get(record["task"])
-    if task is None:
-        raise DataFormatError(f"unknown task {record['task']!r}; known tasks: {sorted(TASKS)}")
+    task = task_of(record, "check_answer")
     text = cut_at_end_of_turn(generated_text)
     if expects_reasoning_format(record):
         if not is_well_formed_reasoning(text):

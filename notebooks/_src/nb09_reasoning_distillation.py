@@ -388,6 +388,10 @@ with torch.no_grad():
     for beta in (0.0, 0.3, 0.5, 1.0):
         assert torch.allclose(distill.generalized_jsd(s_logits, t_logits, beta), jsd(s_logits, t_logits, beta),
                               rtol=1e-5, atol=1e-7)
+with torch.random.fork_rng():  # building two more students draws initial weights: leave the RNG as it was
+    ours = small_student().state_dict()
+    package = distill.student_without_layer(chat_model, chat_model.config.num_hidden_layers - 2).state_dict()
+assert ours.keys() == package.keys() and all(torch.equal(ours[k], package[k]) for k in ours)
 best_logit = min(forced[f"student, logit-level beta={b}"]["nll"] for b in (0.0, 0.5, 1.0))
 assert forced["student, sequence-level"]["nll"] < forced["student, no distillation"]["nll"]
 assert best_logit < forced["student, no distillation"]["nll"]
