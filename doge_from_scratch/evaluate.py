@@ -129,20 +129,30 @@ def chance_of(record: Mapping[str, Any]) -> float:
     return task_of(record, "chance_of").chance(record["answer"])
 
 
+def accuracy_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """"all", then each task in order of first appearance: n, right, accuracy, Wilson 95% interval (low, high)
+    and the mean chance accuracy on the same records. ``result`` is an ``evaluate_replies`` output."""
+    groups: dict[str, list[int]] = {"all": list(range(len(result["correct"])))}
+    for i, task in enumerate(result["tasks"]):
+        groups.setdefault(task, []).append(i)
+    rows = []
+    for task, idx in groups.items():
+        right = sum(bool(result["correct"][i]) for i in idx)
+        low, high = wilson_interval(right, len(idx))
+        rows.append({"task": task, "n": len(idx), "right": right, "accuracy": right / len(idx), "low": low,
+                     "high": high, "chance": sum(result["chance"][i] for i in idx) / len(idx)})
+    return rows
+
+
 def accuracy_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """Per model (the keys) and per task: n, right, accuracy with its Wilson 95% interval, and the chance
     accuracy on the same records. ``results`` are ``evaluate_replies`` outputs on the same records."""
     lines = [f"{'model':14}{'task':18}{'n':>5}{'right':>7}{'accuracy':>10}{'95% interval':>17}{'chance':>9}"]
     for name, result in results.items():
-        groups: dict[str, list[int]] = {"all": list(range(len(result["correct"])))}
-        for i, task in enumerate(result["tasks"]):
-            groups.setdefault(task, []).append(i)
-        for task, rows in groups.items():
-            right = sum(result["correct"][i] for i in rows)
-            lo, hi = wilson_interval(right, len(rows))
-            chance = sum(result["chance"][i] for i in rows) / len(rows)
-            lines.append(f"{name:14}{task:18}{len(rows):>5}{right:>7}{right / len(rows):>10.1%}"
-                         f"{f'[{lo:.1%}, {hi:.1%}]':>17}{chance:>9.1%}")
+        for r in accuracy_rows(result):
+            interval = f"[{r['low']:.1%}, {r['high']:.1%}]"
+            lines.append(f"{name:14}{r['task']:18}{r['n']:>5}{r['right']:>7}{r['accuracy']:>10.1%}"
+                         f"{interval:>17}{r['chance']:>9.1%}")
     return "\n".join(lines)
 
 

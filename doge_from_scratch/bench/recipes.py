@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..data import load_lesson_dataset
-from ..evaluate import chance_of, evaluate_replies, held_out_chats, wilson_interval
+from ..evaluate import accuracy_rows, chance_of, evaluate_replies, held_out_chats
 from ..pretrain import PretrainSettings, pretrain
 from ..sft import SFTSettings, train_sft
 from ..tokenizer import load_tokenizer
@@ -47,18 +47,11 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def task_rows(records: Sequence[Mapping[str, Any]], correct: Sequence[bool]) -> list[dict[str, Any]]:
-    """Per task (and "all"): right, n, accuracy, Wilson interval, mean chance, and whether the interval clears it."""
-    groups: dict[str, list[int]] = {}
-    for i, record in enumerate(records):
-        groups.setdefault(record["task"], []).append(i)
-    rows = []
-    for task, idx in sorted(groups.items()) + [("all", list(range(len(records))))]:
-        right = sum(bool(correct[i]) for i in idx)
-        low, high = wilson_interval(right, len(idx))
-        chance = sum(chance_of(records[i]) for i in idx) / len(idx)
-        rows.append({"task": task, "right": right, "n": len(idx), "accuracy": right / len(idx),
-                     "low": low, "high": high, "chance": chance, "clear_of_chance": low > chance})
-    return rows
+    """Per task (sorted, then "all"): ``evaluate.accuracy_rows`` plus whether the interval clears chance."""
+    rows = accuracy_rows({"correct": list(correct), "tasks": [r["task"] for r in records],
+                          "chance": [chance_of(r) for r in records]})
+    ordered = sorted(rows[1:], key=lambda r: r["task"]) + rows[:1]
+    return [{**r, "clear_of_chance": r["low"] > r["chance"]} for r in ordered]
 
 
 def run_variant(name: str, overrides: Mapping[str, Any], tokenizer, records: Sequence[Mapping[str, Any]],
