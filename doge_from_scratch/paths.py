@@ -13,4 +13,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
 TOKENIZER_DIR = DATA_DIR / "tokenizer"
 ARTIFACTS_DIR = PROJECT_ROOT / "artifacts"
+# the pretraining recipe's committed run (lessons 02-05 read it, 07 on start from it) and a run of your own
+# (lesson 06's shortened one, or `python -m doge_from_scratch.pretrain` without --out)
+TINY_DOGE_DIR = DATA_DIR / "tiny-doge"
 PRETRAINED_DIR = ARTIFACTS_DIR / "pretrained"

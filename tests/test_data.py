@@ -22,7 +22,7 @@ def rows():
 
 
 # data/tiny-doge is the lessons' pretrained model, made by `python -m doge_from_scratch.pretrain --out data/tiny-doge
-# --save-dtype bfloat16` (a 5-minute training, not this generator); tests/test_tiny_doge.py checks it.
+# --save-dtype bfloat16` (a 7-minute training, not this generator); tests/test_tiny_doge.py checks it.
 MADE_ELSEWHERE = ("tiny-doge",)
 
 

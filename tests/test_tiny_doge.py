@@ -1,6 +1,7 @@
-"""The trained tiny Doge shipped in data/tiny-doge (lessons 02 and 05 read it instead of random weights).
+"""The trained tiny Doge shipped in data/tiny-doge (lessons 02 and 05 read it instead of random weights; lessons 07
+on start from it).
 
-It is lesson 06's recipe, saved in bfloat16 by
+It is the pretraining recipe's full run (lesson 06 runs the same recipe shortened), saved in bfloat16 by
 ``python -m doge_from_scratch.pretrain --out data/tiny-doge --save-dtype bfloat16``.
 """
 
@@ -29,7 +30,7 @@ def test_shipped_files_are_small_safetensors_of_the_lesson_recipe() -> None:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     summary = json.loads((TINY_DOGE_DIR / "pretrain_summary.json").read_text())
     assert summary["pretrain_settings"] == json.loads(json.dumps(PretrainSettings().to_json())), \
-        "data/tiny-doge was not trained with the default (lesson 06) recipe"
+        "data/tiny-doge was not trained with the default pretraining recipe"
     assert (TINY_DOGE_DIR / "tokenizer.json").read_bytes() == (TOKENIZER_DIR / "tokenizer.json").read_bytes()
 
 

@@ -67,7 +67,7 @@ from ..fast_decode import FastDoge, fast_decoder_for
 from ..generation import generate
 from ..int8 import int8_quality, linear, summarise
 from ..model import DogeForCausalLM
-from ..paths import PRETRAINED_DIR
+from ..paths import TINY_DOGE_DIR
 from ..pretrain import validation_rows
 from ..testing import copy_into_reference, randomize_
 
@@ -297,10 +297,10 @@ def int8_quality_of(model, args, limit_docs: int = 32) -> dict:
 def lesson_model_quality(args) -> dict | None:
     """The int8 cost on the lesson's pretrained model (trained weights: where perplexity and agreement mean
     something; random weights have near-flat logits), over the whole validation split; None if it is not built."""
-    if not (PRETRAINED_DIR / "model.safetensors").exists():
+    if not (TINY_DOGE_DIR / "model.safetensors").exists():
         return None
-    model = DogeForCausalLM.from_pretrained(PRETRAINED_DIR).eval()
-    return {"size": "lesson 06 model", **int8_quality_of(model, args, limit_docs=10 ** 9)}
+    model = DogeForCausalLM.from_pretrained(TINY_DOGE_DIR).eval()
+    return {"size": "lesson model (data/tiny-doge)", **int8_quality_of(model, args, limit_docs=10 ** 9)}
 
 
 # ------------------------------------------------------------------------------------------ table
@@ -335,7 +335,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def quality_lines(rows: list[dict], lesson: dict | None) -> list[str]:
     pairs = [(f"{r['size']} (random weights)", r["quality"]) for r in rows if "quality" in r]
-    pairs += [("lesson 06 model (trained)", lesson)] if lesson else []
+    pairs += [("lesson model (trained)", lesson)] if lesson else []
     return [f"int8 vs float32, {name}: {summarise([q])}" for name, q in pairs]
 
 

@@ -52,8 +52,8 @@ transformers.logging.set_verbosity_error()
 %matplotlib inline
 
 tokenizer = load_tokenizer()          # the project's tokenizer (data/tokenizer), Doge's specials and chat format
-# The trained tiny Doge shipped in data/tiny-doge: lesson 06's model (hidden 192, 4 layers, 3 heads, 1 KV head),
-# pretrained on the project's small corpus of stories, facts and sums, so what it writes is readable.
+# The trained tiny Doge shipped in data/tiny-doge: lesson 06's recipe at 1400 steps (hidden 192, 4 layers, 3 heads,
+# 1 KV head), pretrained on the project's small corpus of stories, facts and sums, so what it writes is readable.
 model = DogeForCausalLM.from_pretrained(TINY_DOGE_DIR).eval()
 config = model.config
 print(len(tokenizer), "tokens in the vocabulary;", sum(p.numel() for p in model.parameters()) // 1000, "k parameters")
@@ -76,7 +76,8 @@ from doge_from_scratch.generation import CallbackStreamer, generate
 def per_token_ms(cache: str, prompt: torch.Tensor, new_tokens: int) -> list[float]:
     stamps = []
     streamer = CallbackStreamer(lambda token: stamps.append(time.perf_counter()))
-    generate(model, prompt, max_new_tokens=new_tokens, cache=cache, streamer=streamer)
+    # eos_token_id=[]: no stop token, so both runs time every one of the new tokens
+    generate(model, prompt, max_new_tokens=new_tokens, cache=cache, streamer=streamer, eos_token_id=[])
     return [1e3 * (b - a) for a, b in zip(stamps, stamps[1:])]
 
 
@@ -434,9 +435,12 @@ texts = ["Once upon a time", "The weather today is", "Hello"]
 batch = tokenizer(texts, return_tensors="pt", padding=True)
 batched = generate(model, batch.input_ids, batch.attention_mask, max_new_tokens=25)
 for i, text in enumerate(texts):
-    alone = generate(model, tokenizer(text, return_tensors="pt").input_ids, max_new_tokens=25)
-    same = torch.equal(batched[i, -25:], alone[0, -25:])
-    print(f"{text!r:24} padded with {int((batch.attention_mask[i] == 0).sum())} - same as alone: {same}")
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    alone = generate(model, ids, max_new_tokens=25)[0, ids.shape[1]:]  # shorter if this row met its eos
+    new = batched[i, batch.input_ids.shape[1]:]
+    same = torch.equal(new[:len(alone)], alone) and bool((new[len(alone):] == tokenizer.pad_token_id).all())
+    print(f"{text!r:24} padded with {int((batch.attention_mask[i] == 0).sum())} - same as alone: {same} "
+          f"({len(alone)} new tokens)")
 """),
 md("""
 ## 6. Parity with transformers

@@ -6,9 +6,8 @@ cells = [
 md("""
 # Lesson 07 - Supervised fine-tuning: from a text predictor to a chat model
 
-> **Run time**: about 91 s on the project's 2-core CPU. **Uses**: lesson 06's `artifacts/pretrained/`. Opened
-> first, it trains that model itself with lesson 06's recipe before anything else (about 5 more minutes, with
-> one summary line).
+> **Run time**: about 91 s on the project's 2-core CPU. **Uses**: the committed `data/tiny-doge/`, lesson 06's
+> pretraining recipe run to its full 1400 steps.
 
 The pretrained Doge of lesson 06 continues text. Doge-*-Instruct answer questions in turns. The model card says
 how the first step was made:
@@ -53,7 +52,7 @@ torch.set_num_threads(2)
 transformers.logging.set_verbosity_error()
 %matplotlib inline
 
-base = ensure_pretrained()                 # lesson 06's model (trained here first if it is missing)
+base = ensure_pretrained()                 # data/tiny-doge: lesson 06's recipe, 1400 steps
 tokenizer = load_tokenizer(base)
 chat_train = list(load_lesson_dataset("chat", "train"))
 chat_test = list(load_lesson_dataset("chat", "test"))
