@@ -31,7 +31,9 @@ from .data import load_lesson_dataset
 from .model import DogeForCausalLM
 from .sft import (IGNORE, SFTSettings, collate_padded, count_trainable, ensure_sft, finished_stage, model_inputs,
                   save_stage, sft_examples, sft_step_batches, train_sft)
-from .tokenizer import BEGIN_SOLUTION, load_tokenizer
+from .generation import chat_replies
+from .tasks import check_answer, is_well_formed_reasoning, prompt_and_reference
+from .tokenizer import BEGIN_SOLUTION, EOS_TOKEN, load_tokenizer
 from .train_utils import OptimizerSettings, StageLoss, StepLog, cosine_schedule, make_optimizer, train
 
 
@@ -162,9 +164,29 @@ def solution_mask(targets: torch.Tensor, trained: torch.Tensor, begin_id: int) -
     return mask
 
 
+def teacher_traces(teacher: DogeForCausalLM, tokenizer, records: Sequence[Mapping[str, Any]],
+                   only_correct: bool = True, max_new_tokens: int = 110,
+                   batch_size: int = 24) -> tuple[list[dict[str, Any]], list[str]]:
+    """Sequence-level distillation's data: the teacher's own greedy reply to each record's question.
+
+    Returns (records, replies): ``replies`` holds every reply in order; ``records`` are copies of the input
+    records whose assistant turn is the teacher's reply, for the replies that are well formed and, with
+    ``only_correct``, right by the task's checker (the rest are dropped, as curated trace sets drop wrong traces).
+    """
+    prompts = [prompt_and_reference(r)[0] for r in records]
+    replies = chat_replies(teacher, tokenizer, prompts, max_new_tokens, batch_size)
+    kept = []
+    for record, prompt, reply in zip(records, prompts, replies):
+        text = reply.split(EOS_TOKEN)[0].strip()
+        if not is_well_formed_reasoning(text) or (only_correct and not check_answer(record, reply)):
+            continue
+        kept.append({**record, "messages": [*prompt, {"role": "assistant", "content": text}]})
+    return kept, replies
+
+
 def student_without_layer(model: DogeForCausalLM, drop: int) -> DogeForCausalLM:
     """A student made from ``model`` by leaving out decoder layer ``drop``: every other tensor is copied, the
-    layers after ``drop`` move up by one (lesson 09 drops the second-to-last layer of the chat model)."""
+    layers after ``drop`` move up by one (lesson 09 drops the last layer of the chat model)."""
     config = copy.deepcopy(model.config)
     keep = [i for i in range(config.num_hidden_layers) if i != drop]
     config.num_hidden_layers = len(keep)
@@ -185,14 +207,14 @@ REASON_DISTILL_SETTINGS = SFTSettings(lr=3e-3, epochs=2, max_length=1024, rows_p
 
 
 def ensure_reason_distill(folder: str | Path | None = None, progress: bool = True) -> Path:
-    """Lesson 09's sequence-level student (the chat model without its second-to-last layer, SFT on the reasoning
+    """Lesson 09's sequence-level student (the chat model without its last layer, SFT on the dataset's reasoning
     traces with the lesson's settings), trained here unless ``folder`` (default artifacts/reason_distill) holds it."""
     folder, done = finished_stage(folder, "reason_distill", "ensure_reason_distill")
     if done:
         return folder
     base = ensure_sft(progress=progress)
     chat = DogeForCausalLM.from_pretrained(base)
-    student = student_without_layer(chat, chat.config.num_hidden_layers - 2)
+    student = student_without_layer(chat, chat.config.num_hidden_layers - 1)
     tokenizer = load_tokenizer(base)
     history = train_sft(student, tokenizer, list(load_lesson_dataset("reasoning", "train")),
                         REASON_DISTILL_SETTINGS, progress)

@@ -117,3 +117,36 @@ def test_student_without_layer_copies_every_other_tensor():
         assert torch.equal(tensor, source[moved]), name  # copies: no arithmetic, bit equality is right
     assert not torch.equal(student.state_dict()["model.layers.2.mlp.up_proj.weight"],
                            source["model.layers.2.mlp.up_proj.weight"])
+
+
+def test_teacher_traces_keep_only_well_formed_right_replies(monkeypatch):
+    """Sequence-level data from the teacher: its reply becomes the assistant turn; malformed replies are dropped
+    always, wrong ones unless ``only_correct=False``; the prompt (system + question) is kept as it was."""
+    rows = [r for r in read_jsonl(data_file("reasoning", "train"), "reasoning") if r["task"] == "compare_decimals"][:3]
+    assert len(rows) == 3
+
+    def trace(number: str) -> str:
+        return (f"<|begin_of_thought|>\n\nCompare.\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n"
+                f"The bigger number is {number}.\n\n<|end_of_solution|>")
+
+    smaller = [n for n in rows[1]["messages"][-2]["content"].rstrip("?").replace(",", " ").split()
+               if n[0].isdigit() and n != rows[1]["answer"]][0]
+    scripted = [trace(rows[0]["answer"]) + "<|end_of_text|>", trace(smaller) + "<|end_of_text|>",
+                f"The bigger number is {rows[2]['answer']}.<|end_of_text|>"]  # right, but no sections
+    calls = []
+
+    def fake_chat_replies(model, tokenizer, prompts, max_new_tokens, batch_size):
+        calls.append(prompts)
+        return list(scripted)
+
+    monkeypatch.setattr(distill, "chat_replies", fake_chat_replies)
+    kept, replies = distill.teacher_traces(None, None, rows)
+    assert replies == scripted
+    assert [m["role"] for m in calls[0][0]] == ["system", "user"]
+    assert calls[0][0] == rows[0]["messages"][:-1]
+    assert len(kept) == 1 and kept[0]["task"] == rows[0]["task"] and kept[0]["answer"] == rows[0]["answer"]
+    assert kept[0]["messages"][:-1] == rows[0]["messages"][:-1]
+    assert kept[0]["messages"][-1] == {"role": "assistant", "content": trace(rows[0]["answer"])}
+    assert rows[0]["messages"][-1]["content"] != trace(rows[0]["answer"])  # the input record is not changed
+    kept_all, _ = distill.teacher_traces(None, None, rows, only_correct=False)
+    assert [r["messages"][-1]["content"] for r in kept_all] == [trace(rows[0]["answer"]), trace(smaller)]

@@ -1,7 +1,7 @@
 """What a pretraining recipe buys after SFT: held-out chat accuracy per task, with intervals and chance.
 
-``python -m doge_from_scratch.bench recipes --variant lesson='{}' --variant long='{"steps": 1400}'`` pretrains the
-lesson model once per variant (``PretrainSettings`` fields as JSON, over the lesson-06 defaults), fine-tunes each
+``python -m doge_from_scratch.bench recipes --variant recipe='{}' --variant short='{"steps": 800}'`` pretrains the
+lesson model once per variant (``PretrainSettings`` fields as JSON, over the recipe's defaults), fine-tunes each
 with lesson 07's SFT recipe, and scores greedy replies to every distinct held-out chat question
 (``evaluate.held_out_chats``) with the tasks' own checkers. It prints one markdown table (per variant and task:
 right/n, accuracy, 95% Wilson interval, chance, whether the interval clears chance) and a JSON line last.
@@ -86,13 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m doge_from_scratch.bench recipes",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--variant", action="append", default=None,
-                        help="NAME=JSON of PretrainSettings overrides (repeatable; default: lesson='{}')")
+                        help="NAME=JSON of PretrainSettings overrides (repeatable; default: recipe='{}')")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-sft-examples", type=int, default=None, help="SFT on the first N chats (default all)")
     parser.add_argument("--max-eval", type=int, default=None, help="score the first N held-out chats (default all)")
     args = parser.parse_args(argv)
     try:
-        variants = [parse_variant(v) for v in (args.variant or ["lesson={}"])]
+        variants = [parse_variant(v) for v in (args.variant or ["recipe={}"])]
     except ValueError as error:
         parser.error(str(error))
     torch.set_num_threads(args.threads)

@@ -284,8 +284,8 @@ print(f"final validation loss: this run {result.final_val_loss:.3f}, data/tiny-d
       f"({committed['seconds']:.0f} s of training when it was made)")
 """),
 md("""
-The longer run spends 560 more steps at the peak LR before its decay, so at step 800 it is still above this
-run, and it ends only a few hundredths lower. That small difference in loss is a large one in what the model
+The longer run stays at the peak LR until step 1120, where this one starts its decay at step 640. So at step 800
+it is still above this run (0.58 against about 0.53), and it ends only a few hundredths lower. That small difference in loss is a large one in what the model
 can be taught. After lesson 07's SFT, scored on all 344 held-out chats (`python -m doge_from_scratch.bench
 recipes`; the runs are in `docs/lesson-models.md`): the 800-step base answers 17% correctly, and only
 reversing digits ends clear of chance. The 1400-step base answers 35%, and both comparing decimals and reversing
@@ -365,7 +365,8 @@ md("""
 ## 9. Check against the package
 
 The hand-written loop of section 4 must give exactly the package's first steps, the saved folder must load
-in `transformers` and give the same logits, and the committed `data/tiny-doge` must be this recipe with nothing changed but its length.
+in `transformers` and give the same logits, and the committed `data/tiny-doge` must be this recipe with
+nothing changed but its length.
 """),
 code("""
 import transformers

@@ -7,8 +7,7 @@ md("""
 # Lesson 08 - Direct Preference Optimisation
 
 > **Run time**: about 130 s on the project's 2-core CPU. **Uses**: lesson 07's SFT model `artifacts/sft/`
-> (built on lesson 06's). Missing ones are trained first: about 5 minutes for lesson 06's model, a few more
-> for the SFT stage.
+> (built on the committed `data/tiny-doge/`). A missing one is trained first, in about a minute.
 
 After SFT the model imitates good answers. DPO goes further: from pairs of answers to the same prompt - one
 *chosen*, one *rejected* - it learns to make the chosen one more likely **relative to** a frozen copy of itself.

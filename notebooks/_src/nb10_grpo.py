@@ -8,16 +8,15 @@ md("""
 
 > **Run time**: about 221 s (under 4 minutes) on the project's 2-core CPU, 210 s of it for the 80 GRPO steps
 > (beside other jobs, load 6-8, a 40-step run took 444 s instead of 152 s). **Uses**: lesson 09's distilled
-> student `artifacts/reason_distill/` (built on lessons 06-07's models). A missing one is trained first with
-> lesson 09's settings (`grpo.ensure_reason_distill`): about 5 minutes for lesson 06's model, a few more for SFT
-> and the student.
+> student `artifacts/reason_distill/` (built on lesson 07's chat model). A missing one is trained first with
+> lesson 09's settings (`grpo.ensure_reason_distill`): about two minutes for the SFT stage and the student.
 > **Writes** `artifacts/grpo/`, the model the evaluation lesson loads.
 
-Lesson 09's student writes a thought section and a solution section, but it is right on few questions: SFT on
-traces teaches it what a trace *looks like*, not which answer is right. The Doge-160M-Reason-Distill card is
-tagged `grpo`, and the small-doge recipes train their reasoning models with **Group Relative Policy
-Optimisation** (GRPO, DeepSeekMath 2402.03300) on two rewards: is the answer right, and is the reply in the
-thought/solution format.
+Lesson 09's student writes a thought section and a solution section, and is right on a little over half of the
+comparisons: SFT on traces teaches it what a trace *looks like* more than which answer is right. The
+Doge-160M-Reason-Distill card is tagged `grpo`, and the small-doge recipes train their reasoning models with
+**Group Relative Policy Optimisation** (GRPO, DeepSeekMath 2402.03300) on two rewards: is the answer right,
+and is the reply in the thought/solution format.
 
 GRPO needs no answers to imitate, only a way to *score* an answer. For each prompt the model samples a **group**
 of G completions; each completion's advantage is how much better it scored than its group's average. Completions
@@ -283,7 +282,7 @@ md("""
   whatever the length of its completion (no length bias, unlike `grpo`), and the result does not depend on how
   the batch is split into micro-batches or processes (unlike `bnpo`).
 - `epsilon = 0.2` with `epsilon_high = epsilon`, `scale_rewards = "group"`, `num_iterations = 1`, G = 8,
-  temperature 1, learning rate 1e-6 (for billion-parameter models; ours has 1.6 million and learns at 5e-4).
+  temperature 1, learning rate 1e-6 (for billion-parameter models; ours has about a million and learns at 2e-4).
 
 Our recipe below keeps `beta = 0` and `dapo`.
 """),
@@ -310,9 +309,11 @@ print(f"chance (a well-formed reply naming one of the two numbers at random): 50
 md("""
 ## 7. Training
 
-The recipe (`grpo.GRPOSettings` defaults): per step 8 prompts x G = 8 completions, `beta = 0`,
+The recipe (`grpo.GRPOSettings` defaults): 40 steps, per step 8 prompts x G = 8 completions, `beta = 0`,
 `loss_type = "dapo"`, `epsilon = 0.2`, `scale_rewards = "group"`, one iteration per batch, AdamW at a constant
-5e-4 and gradient clipping at 1. Rewards: accuracy + format, weight 1 each. Two choices differ from TRL's
+2e-4 and gradient clipping at 1. (Measured on this student: 5e-4 for 80 steps, the recipe tuned on a weaker
+student, gained nothing and cost seven minutes; 1e-4 for 40 steps gained a little less than 2e-4.
+`docs/lesson-models.md` has the runs.) Rewards: accuracy + format, weight 1 each. Two choices differ from TRL's
 defaults, both measured while building this lesson:
 
 - **`max_completion_length = 112`**: the longest comparison trace has 109 tokens; a tighter limit cuts the trap

@@ -6,9 +6,9 @@ cells = [
 md("""
 # Lesson 11 - Evaluation: the model cards' benchmark method, equal to lm-evaluation-harness
 
-> **Run time**: about 90 s on the project's 2-core CPU. **Uses**: the models of lessons 06-10 under `artifacts/`
-> (`pretrained`, `sft`, `dpo`, the distilled students, `grpo`). Opened first, it trains the missing ones with
-> their lessons' recipes (about 20 more minutes); a stage with no recipe to rerun (GRPO) is skipped and said so.
+> **Run time**: about 90 s on the project's 2-core CPU. **Uses**: the committed `data/tiny-doge/` and the models
+> of lessons 07-10 under `artifacts/` (`sft`, `dpo`, `reason_distill`, `grpo`). Opened first, it trains the
+> missing ones with their lessons' recipes (about 10 more minutes).
 
 Every Doge card ends with a table like this one (Doge-*-Instruct card):
 
@@ -57,7 +57,8 @@ import transformers
 from doge_from_scratch import DogeForCausalLM, benchmarks, evaluate
 from doge_from_scratch.tasks import split_of
 from doge_from_scratch.dpo import ensure_dpo
-from doge_from_scratch.grpo import ensure_reason_distill
+from doge_from_scratch.grpo import ensure_grpo, ensure_reason_distill
+from doge_from_scratch.paths import PROJECT_ROOT
 from doge_from_scratch.pretrain import ensure_pretrained
 from doge_from_scratch.sft import ensure_sft
 from doge_from_scratch.tokenizer import load_tokenizer
@@ -68,21 +69,19 @@ transformers.logging.set_verbosity_error()
 warnings.filterwarnings("ignore")
 %matplotlib inline
 
-# Stages with an ensure_* function are trained here if missing; the others come from their lessons.
-pretrained_folder = Path(ensure_pretrained(progress=False))
-ARTIFACTS = pretrained_folder.parent   # artifacts/: every stage saves its model folder there
+# Each stage's ensure_* function returns its folder, training it first with its lesson's recipe if it is missing.
 STAGES = {
-    "pretrained (06)": pretrained_folder,
+    "pretrained (06)": Path(ensure_pretrained(progress=False)),   # data/tiny-doge: lesson 06's recipe, 1400 steps
     "SFT (07)": Path(ensure_sft(progress=False)),
     "DPO (08)": Path(ensure_dpo(progress=False)),
     "reason-distill student (09)": Path(ensure_reason_distill(progress=False)),
-    "GRPO (10)": ARTIFACTS / "grpo",   # no ensure function: lesson 10 trains it
+    "GRPO (10)": Path(ensure_grpo(progress=False)),
 }
 REASONING = {"reason-distill student (09)", "GRPO (10)"}   # answer in thought/solution sections
 present = {name: folder for name, folder in STAGES.items() if (folder / "config.json").is_file()}
 for name, folder in STAGES.items():
     state = "found" if name in present else "absent (run its lesson first): its row is skipped"
-    print(f"{name:28s} {folder.relative_to(ARTIFACTS.parent)}: {state}")
+    print(f"{name:28s} {folder.relative_to(PROJECT_ROOT)}: {state}")
 
 tokenizer = load_tokenizer(STAGES["pretrained (06)"])
 base = DogeForCausalLM.from_pretrained(STAGES["pretrained (06)"]).eval()
@@ -390,7 +389,7 @@ for name, tasks in results.items():
     print(f"{name:16s} ARC acc/acc_norm by kind: {summary}; reversals won by {dict(sorted(picks.items()))}")
 for stage in STAGES:
     if stage not in present:
-        print(f"(no row for {stage}: {STAGES[stage].relative_to(ARTIFACTS.parent)} is absent)")
+        print(f"(no row for {stage}: {STAGES[stage].relative_to(PROJECT_ROOT)} is absent)")
 """),
 md("""
 How to read it. Scores below chance are possible and informative: a log-likelihood benchmark is only as fair as
