@@ -185,6 +185,22 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test for two models scored on the same questions.
+
+    ``wins``: questions only model B gets right; ``losses``: only model A. Questions both get right or both wrong
+    say nothing about which is better. If B were no better than A, each of the ``wins + losses`` split questions
+    would fall either way with probability 1/2. The result is the probability of a split at least this uneven.
+    """
+    if wins < 0 or losses < 0:
+        raise ValueError(f"wins={wins}, losses={losses}: counts cannot be negative")
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
 def pooled_stderr(stderrs: Sequence[float], sizes: Sequence[int]) -> float:
     """Standard error of a size-weighted mean of subtask means, as the harness reports a group (MMLU over its
     subjects): the subtasks' sample variances pooled, sum((n_i - 1) n_i se_i^2) / (N - k), over N. It leaves out

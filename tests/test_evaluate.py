@@ -349,3 +349,20 @@ def test_held_out_reasoning_questions_are_distinct_and_never_trained_on():
     assert not train & set(questions)
     committed = [r["messages"][1]["content"] for r in E.load_lesson_dataset("reasoning", "test")]
     assert set(committed) <= set(questions)  # the committed test file is the start of the same stream
+
+
+def test_sign_test_is_the_exact_two_sided_binomial_tail():
+    """Against a count over every possible outcome: of the 2^n ways n split questions can fall, the share at
+    least as uneven as the one seen."""
+    from itertools import product
+
+    from doge_from_scratch.evaluate import sign_test
+
+    assert sign_test(5, 0) == 2 / 2 ** 5 and sign_test(0, 5) == 2 / 2 ** 5  # all 5 splits one way: 2 * (1/2)^5
+    assert sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
+    for wins, losses in [(9, 3), (3, 9), (12, 0), (7, 9), (6, 6), (1, 12)]:
+        n = wins + losses
+        as_uneven = sum(min(sum(o), n - sum(o)) <= min(wins, losses) for o in product((0, 1), repeat=n))
+        assert abs(sign_test(wins, losses) - min(1.0, as_uneven / 2 ** n)) <= 1e-15, (wins, losses)
+    with pytest.raises(ValueError, match="negative"):
+        sign_test(-1, 3)

@@ -6,9 +6,9 @@ cells = [
 md("""
 # Lesson 06 - Pretraining a tiny Doge on a CPU
 
-> **Run time**: about 320 s (5-6 minutes) on the project's 2-core CPU. **Uses**: nothing from earlier lessons;
-> it writes its own run to `artifacts/pretrained/`. Lessons 07 on start from `data/tiny-doge/`, the same recipe
-> run to its full length and committed (section 6 says why it is longer).
+> **Run time**: about 200 s on the project's 2-core CPU (366 s on a day it ran at half speed). **Uses**: nothing
+> from earlier lessons; it writes its own run to `artifacts/pretrained/`. Lessons 07 on start from
+> `data/tiny-doge/`, the same recipe run to its full length and committed (section 6 says why it is longer).
 
 The Doge models start as next-token predictors trained on a large text corpus; everything later (SFT, DPO,
 reasoning distillation) fine-tunes that pretrained network. This lesson writes the pretraining loop from
@@ -285,14 +285,14 @@ print(f"final validation loss: this run {result.final_val_loss:.3f}, data/tiny-d
 """),
 md("""
 The longer run stays at the peak LR until step 1120, where this one starts its decay at step 640. So at step 800
-it is still above this run (0.58 against about 0.53), and it ends only a few hundredths lower. That small difference in loss is a large one in what the model
-can be taught. After lesson 07's SFT, scored on all 344 held-out chats (`python -m doge_from_scratch.bench
-recipes`; the runs are in `docs/lesson-models.md`): the 800-step base answers 17% correctly, and only
-reversing digits ends clear of chance. The 1400-step base answers 35%, and both comparing decimals and reversing
-digits end clear of chance. The failure the shorter base shows after SFT is copying: it
-names the capital of a country it was not asked about, or answers 17.4 for 17.48. Its layers have not yet
-learnt to carry a name or a number from the question into the answer. Validation loss alone would not have
-told us this, because most of the corpus is template text that both runs predict equally well.
+it is still above this run (0.58 against about 0.53), and it ends only a few hundredths lower. That small
+difference in loss is a large one in what the model can be taught. After lesson 07's SFT, scored on all 344
+held-out chats (`python -m doge_from_scratch.bench recipes`; the runs are in `docs/lesson-models.md`): the
+800-step base answers 17% correctly, and only reversing digits ends clear of chance. The 1400-step base answers
+35%, and both comparing decimals and reversing digits end clear of chance. The failure the shorter base shows
+after SFT is copying: it names the capital of a country it was not asked about, or answers 17.4 for 17.48. Its
+layers have not yet learnt to carry a name or a number from the question into the answer. Validation loss alone
+would not have told us this, because most of the corpus is template text that both runs predict equally well.
 
 ## 7. After training
 """),

@@ -6,8 +6,8 @@ cells = [
 md("""
 # Lesson 07 - Supervised fine-tuning: from a text predictor to a chat model
 
-> **Run time**: about 91 s on the project's 2-core CPU. **Uses**: the committed `data/tiny-doge/`, lesson 06's
-> pretraining recipe run to its full 1400 steps.
+> **Run time**: about 60 s on the project's 2-core CPU (120 s on a slow day). **Uses**: the committed
+> `data/tiny-doge/`, lesson 06's pretraining recipe run to its full 1400 steps.
 
 The pretrained Doge of lesson 06 continues text. Doge-*-Instruct answer questions in turns. The model card says
 how the first step was made:

@@ -6,8 +6,8 @@ cells = [
 md("""
 # Lesson 10 - GRPO: rewards instead of answers
 
-> **Run time**: about 221 s (under 4 minutes) on the project's 2-core CPU, 210 s of it for the 80 GRPO steps
-> (beside other jobs, load 6-8, a 40-step run took 444 s instead of 152 s). **Uses**: lesson 09's distilled
+> **Run time**: about 250 s (just over 4 minutes) on the project's 2-core CPU on a day it ran at half its usual
+> speed, 220 s of it for the 40 GRPO steps. **Uses**: lesson 09's distilled
 > student `artifacts/reason_distill/` (built on lesson 07's chat model). A missing one is trained first with
 > lesson 09's settings (`grpo.ensure_reason_distill`): about two minutes for the SFT stage and the student.
 > **Writes** `artifacts/grpo/`, the model the evaluation lesson loads.
@@ -46,6 +46,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import copy
+import re
 import time
 import warnings
 
@@ -55,7 +56,7 @@ import transformers
 
 from doge_from_scratch import DogeForCausalLM, grpo, rewards
 from doge_from_scratch.data import REASONING_SYSTEM_PROMPT
-from doge_from_scratch.evaluate import wilson_interval
+from doge_from_scratch.evaluate import sign_test, wilson_interval
 from doge_from_scratch.paths import ARTIFACTS_DIR
 from doge_from_scratch.sft import save_stage
 from doge_from_scratch.tokenizer import load_tokenizer
@@ -93,8 +94,8 @@ def questions(rows):
 print(f"{len(train_prompts)} training prompts, {len(held_out)} held-out prompts, "
       f"shared questions: {len(questions(train_prompts) & questions(held_out))}")
 def trap(r):
-    words = r["prompt"][-1]["content"].split()
-    return words[-3].split(".")[0] == words[-1].split(".")[0]
+    first, second = re.findall(r"\\d+\\.\\d+", r["prompt"][-1]["content"])  # the questions come in several phrasings
+    return first.split(".")[0] == second.split(".")[0]
 
 
 print(f"held-out trap questions (same whole part): {sum(map(trap, held_out))}")
@@ -372,25 +373,36 @@ def names_one_option(record, text):
 for name, result in (("before", before), ("after", after)):
     k = sum(names_one_option(r, t) for r, t in zip(held_out, result["replies"]))
     print(f"{name}: the solution names exactly one of the question's two numbers in {k}/{len(held_out)}")
+gains = sum(a and not b for a, b in zip(after["correct"], before["correct"]))
+drops = sum(b and not a for a, b in zip(after["correct"], before["correct"]))
+print(f"same questions, paired: right only after GRPO {gains}, only before {drops}; "
+      f"sign test p = {sign_test(gains, drops):.1e}")
 lo_after, _ = wilson_interval(after["n_correct"], after["n"])
 _, hi_before = wilson_interval(before["n_correct"], before["n"])
 print(f"intervals separated (after's lower bound {lo_after:.1%} > before's upper bound {hi_before:.1%}):",
       lo_after > hi_before)
 """),
 md("""
-What the figures say (this run; the printed numbers are the measurement): GRPO doubles the held-out accuracy,
-from 19.2% (46/240, 95% CI 14.7-24.6%) to 41.7% (100/240, 35.6-48.0%), the intervals well apart, and keeps the
-format at 100%. That is still **below the 50% chance level**, far from the 90% this lesson aimed at. The count
-of solutions naming one of the question's two numbers says why. Lesson 09's student miscopies numbers in its
-thought ("We compare 3.9 and 3.11 ... So 3.81 is bigger than 3.81"), and a solution naming a number the question
-does not contain is wrong whichever way the comparison goes. What GRPO taught it is above all to name one of the
-two numbers (62 -> 198 of 240); among those 198 the pick is right 100 times, about a coin flip. The samples
-also show what the policy settled on: the short "They are different, so the bigger whole part wins" template
-for every pair, whole parts equal or not - the rewards judge only the solution, so a wrong but short thought
-costs nothing. More steps barely help at this scale: 40 steps gave 40.0% (96/240) in an earlier run of this
-lesson, 80 steps 41.7%. Getting to 90% needs a student that copies numbers reliably (more pretraining or SFT
-on the comparison traces, or a larger student), or a reward that also checks the thought (for instance that
-it restates the question's numbers).
+What the figures say (the committed run; the printed numbers are the measurement). GRPO lifts the held-out
+accuracy from 56.7% (136/240, 95% CI 50.3-62.8%) to 69.2% (166/240, 63.1-74.7%) and keeps the format at 100%.
+The two intervals only just clear each other. The firmer evidence is the paired count on the same questions: 42
+are right only after GRPO and 12 only before (sign test p = 5e-5). That is still far from the 90% this lesson
+aimed at.
+
+The split by kind says where the rest is lost. Questions with equal whole parts (the "3.9 or 3.11" kind) were
+already mostly right and stay so, 92 -> 95 of 117. The gain is on different whole parts, 44 -> 71 of 123, which is
+still barely above a coin flip. The count of solutions naming one of the question's two numbers says why: 63 of
+the 240 solutions after GRPO name a number the question does not contain ("So 11.92 is bigger than 1.2"). A
+miscopied number is wrong whichever way the comparison goes, and copying is what a 1.3M-parameter model pretrained
+for a few minutes still does unreliably.
+
+The samples also show what the policy settled on. It writes the short "They are different, so the bigger whole
+part wins" thought for every pair, whole parts equal or not, so its answer to the card's own question below is
+right for a wrong reason. The rewards judge only the solution, so a wrong but short thought costs nothing. The
+recipe that served an earlier, weaker student (5e-4 for 80 steps) gained nothing on this one and took twice as
+long (`docs/lesson-models.md` has the runs). Getting to 90% needs a reward that also checks the thought (for
+instance that it restates both numbers, and takes the decimal-part branch when the whole parts are equal), or a
+model that copies numbers reliably.
 
 A few held-out questions, before and after (greedy):
 """),
