@@ -9,9 +9,9 @@ cells = [
 md("""
 # Lesson 09 - Reasoning distillation: sequence-level and logit-level
 
-> **Run time**: about 439 s (7-8 minutes) on the project's 2-core CPU. **Uses**: lesson 07's SFT model
-> `artifacts/sft/` (built on the committed `data/tiny-doge/`). A missing one is trained first, in about a
-> minute.
+> **Run time**: about 6 minutes on the project's 2-core CPU (699 s on a day it ran at half speed). **Uses**:
+> lesson 07's SFT model `artifacts/sft/` (built on the committed `data/tiny-doge/`). A missing one is trained
+> first, in about a minute.
 
 Doge-160M-Reason-Distill is a small model that thinks before it answers. Its card says how it was made:
 
