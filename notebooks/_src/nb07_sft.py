@@ -342,8 +342,9 @@ do not overlap. Nearly all of the gain is in one task. Reversals go from 1 right
 the chance of guessing an ordering of the digits. Comparisons were already above chance before SFT: the corpus
 holds comparison questions in the "Question: ... Answer: ..." form (lesson 06), and the base model answers them in
 chat form too. SFT moves them a little higher, within the interval. Additions and capitals stay at chance: the
-model writes a sum of the right shape with the wrong digits ("56 + 11 = 90"), and names the capital of a country
-it was trained on instead of the one it was asked about. Small talk has 11 questions, too few to judge.
+model writes a sum of the right shape with the wrong digits ("56 + 11 = 74"), and answers a capital question about
+another country altogether ("The capital of Belgium is Brussels" for Greece). Small talk has 11 questions, too few
+to judge.
 
 This is the lesson's payoff from a base pretrained long enough. On lesson 06's own 800-step run, the same SFT gets
 17% overall and only reversals clear of chance (`docs/lesson-models.md`): the shorter base has not yet learnt to
