@@ -392,9 +392,9 @@ aimed at.
 The split by kind says where the rest is lost. Questions with equal whole parts (the "3.9 or 3.11" kind) were
 already mostly right and stay so, 92 -> 95 of 117. The gain is on different whole parts, 44 -> 71 of 123, which is
 still barely above a coin flip. The count of solutions naming one of the question's two numbers says why: 63 of
-the 240 solutions after GRPO name a number the question does not contain ("So 11.92 is bigger than 1.2"). A
-miscopied number is wrong whichever way the comparison goes, and copying is what a 1.3M-parameter model pretrained
-for a few minutes still does unreliably.
+the 240 solutions after GRPO do not name exactly one of them, and the thoughts show numbers miscopied on the way
+("So 11.92 is bigger than 1.2"). A solution with a miscopied number is wrong whichever way the comparison goes,
+and copying is what a 1.3M-parameter model pretrained for a few minutes still does unreliably.
 
 The samples also show what the policy settled on. It writes the short "They are different, so the bigger whole
 part wins" thought for every pair, whole parts equal or not, so its answer to the card's own question below is
