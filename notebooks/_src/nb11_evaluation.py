@@ -78,10 +78,8 @@ STAGES = {
     "GRPO (10)": Path(ensure_grpo(progress=False)),
 }
 REASONING = {"reason-distill student (09)", "GRPO (10)"}   # answer in thought/solution sections
-present = {name: folder for name, folder in STAGES.items() if (folder / "config.json").is_file()}
 for name, folder in STAGES.items():
-    state = "found" if name in present else "absent (run its lesson first): its row is skipped"
-    print(f"{name:28s} {folder.relative_to(PROJECT_ROOT)}: {state}")
+    print(f"{name:28s} {folder.relative_to(PROJECT_ROOT)}")
 
 tokenizer = load_tokenizer(STAGES["pretrained (06)"])
 base = DogeForCausalLM.from_pretrained(STAGES["pretrained (06)"]).eval()
@@ -348,7 +346,7 @@ solution tags. Multiple choice is the same plain-text prompt for every model, as
 """),
 code(r"""
 results = {}
-for name, folder in present.items():
+for name, folder in STAGES.items():
     model = DogeForCausalLM.from_pretrained(folder).eval()
     chat = evaluate.reasoning_format() if name in REASONING else evaluate.ChatFormat()
     results[name] = evaluate.evaluate(model, load_tokenizer(folder), chat=chat)
@@ -387,9 +385,6 @@ for name, tasks in results.items():
     summary = ", ".join(f"{k} {sum(a for a, _ in v):.0f}/{sum(b for _, b in v):.0f} of {len(v)}"
                         for k, v in sorted(by_kind.items()))
     print(f"{name:16s} ARC acc/acc_norm by kind: {summary}; reversals won by {dict(sorted(picks.items()))}")
-for stage in STAGES:
-    if stage not in present:
-        print(f"(no row for {stage}: {STAGES[stage].relative_to(PROJECT_ROOT)} is absent)")
 """),
 md("""
 How to read it. Scores below chance are possible and informative: a log-likelihood benchmark is only as fair as
