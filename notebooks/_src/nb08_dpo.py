@@ -6,7 +6,7 @@ cells = [
 md("""
 # Lesson 08 - Direct Preference Optimisation
 
-> **Run time**: about 80 s on the project's 2-core CPU (150 s on a slow day). **Uses**: lesson 07's SFT model
+> **Run time**: about 80 s on the project's 2-core CPU (150-175 s on a slow day). **Uses**: lesson 07's SFT model
 > `artifacts/sft/` (built on the committed `data/tiny-doge/`). A missing one is trained first, in about a minute.
 
 After SFT the model imitates good answers. DPO goes further: from pairs of answers to the same prompt - one
@@ -195,7 +195,7 @@ is what the DPO model does with pairs and prompts it never saw.
 """),
 code("""
 from doge_from_scratch import dpo
-from doge_from_scratch.evaluate import accuracy_table, evaluate_replies, held_out_chats, sign_test
+from doge_from_scratch.evaluate import accuracy_table, evaluate_replies, held_out_chats, sign_test, wilson_interval
 
 settings = dpo.DPOSettings()
 print(settings)
@@ -217,8 +217,9 @@ plt.show()
 """),
 md("""
 **Held-out preference metrics**: on pairs never trained on, does the DPO model rank the chosen answer above the
-rejected one (relative to the reference)? Before training every reward is 0, so the accuracy is 0 (ties do
-not count).
+rejected one (relative to the reference)? Before training every reward is 0, so this accuracy starts at 0 (ties
+do not count) - a start no model has to beat. The fair baseline is the second table: how often each model gives
+the chosen answer the higher log-probability, the SFT model included.
 """),
 code("""
 held_metrics_before = dpo.preference_metrics(sft_model, sft_model, tokenizer, pref_test)
@@ -227,8 +228,32 @@ print(f"{'held-out pairs':16}{'accuracy':>10}{'margin':>10}{'chosen':>10}{'rejec
 for name, m in (("SFT (before)", held_metrics_before), ("DPO (after)", held_metrics_after)):
     print(f"{name:16}{m['rewards/accuracies']:>10.1%}{m['rewards/margins']:>10.3f}"
           f"{m['rewards/chosen']:>10.3f}{m['rewards/rejected']:>10.3f}")
+
+
+def prefers_chosen(m, pairs):   # [N] bool: log p(chosen) > log p(rejected) under model m
+    with torch.no_grad():
+        logps = torch.cat([sequence_logps(m, collate(pairs[i:i + 64])).view(2, -1)
+                           for i in range(0, len(pairs), 64)], dim=1)
+    return logps[0] > logps[1]
+
+
+pairs_test = [pair(r) for r in pref_test]
+sft_prefers, dpo_prefers = prefers_chosen(sft_model, pairs_test), prefers_chosen(model, pairs_test)
+print(f"\\n{'held-out pairs':16}log p(chosen) > log p(rejected), 95% interval")
+for name, prefers in (("SFT (before)", sft_prefers), ("DPO (after)", dpo_prefers)):
+    low, high = wilson_interval(int(prefers.sum()), len(prefers))
+    print(f"{name:16}{prefers.float().mean():.1%} [{low:.1%}, {high:.1%}] of {len(prefers)}")
+only_dpo, only_sft = int((dpo_prefers & ~sft_prefers).sum()), int((sft_prefers & ~dpo_prefers).sum())
+print(f"chosen ranked first only after DPO on {only_dpo} pairs, only before on {only_sft}; "
+      f"sign test p = {sign_test(only_dpo, only_sft):.1e}")
 """),
 md("""
+The implicit-reward accuracy jumps from 0 to about 80%, but most of that the SFT model had already: by its own
+log-probabilities it ranks the chosen answer first on about three held-out pairs in four (73.5% in the committed
+run; 83% of the training pairs in section 2). DPO lifts that to 84.0%. The two intervals overlap, but paired pair
+by pair the gain is clear: 33 pairs flip to the chosen answer, 12 flip away (sign test p = 2.5e-3). That is the
+honest size of what DPO learned about these 200 pairs.
+
 **Generations**: the real test of a preference-tuned model is what it writes. For held-out prompts we generate
 greedily with the SFT model and with the DPO model and let each task's checker judge. A prompt is a DPO *win*
 when the checker accepts the DPO answer and rejects the SFT one, a *loss* the other way round.
