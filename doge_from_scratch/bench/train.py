@@ -9,8 +9,9 @@ is JSON for scripts.
 
 Beside each step time: the AdamW step's share (``--optimizer``: torch's per-parameter loop, its ``foreach`` or its
 ``fused`` CPU kernel, the same on every side; transformers' Trainer defaults to the fused one on torch >= 2.8) and
-the matrix-product share (the self time of aten::mm/addmm/bmm/baddbmm in one profiled step over the median step
-time): the training floor, the part no element-wise work removes.
+the matrix-product share (the self time of aten::mm/addmm/bmm/baddbmm in one profiled step over that same step's
+wall time, so it stays a share of one step on a busy machine): the training floor, the part no element-wise work
+removes.
 """
 
 from __future__ import annotations
@@ -90,11 +91,15 @@ def _without_profiler_lines():
             sys.stderr.flush()
 
 
-def matmul_seconds(step: Callable[[], tuple[float, float]]) -> float:
-    """Self time of the matrix products in one profiled step."""
+def matmul_share(step: Callable[[], tuple[float, float]]) -> float:
+    """The matrix products' self time in one profiled step over that step's own wall time.
+
+    Both come from the same step: a median taken over other steps can be shorter than a profiled step slowed by a
+    neighbour's load, and the "share" would pass 1.
+    """
     with _without_profiler_lines(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        step()
-    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1e6
+        elapsed, _ = step()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1e6 / elapsed
 
 
 def measure(config_name: str, batch_size: int, seq_len: int, dtype: str, steps: int, warmup: int,
@@ -123,7 +128,7 @@ def measure(config_name: str, batch_size: int, seq_len: int, dtype: str, steps: 
             if i >= warmup:
                 times[name].append(elapsed)
                 optimizer_times[name].append(in_optimizer)
-    matmul = {name: matmul_seconds(step) for name, step in steppers.items()}
+    matmul = {name: matmul_share(step) for name, step in steppers.items()}
     tokens = batch_size * seq_len
     ours_median = statistics.median(times["doge_from_scratch"])
     return [
@@ -132,7 +137,7 @@ def measure(config_name: str, batch_size: int, seq_len: int, dtype: str, steps: 
          "tokens_per_s": tokens / statistics.median(t),
          "speedup_of_ours": statistics.median(t) / ours_median,
          "optimizer_share": statistics.median(optimizer_times[name]) / statistics.median(t),
-         "matmul_share": matmul[name] / statistics.median(t)}
+         "matmul_share": matmul[name]}
         for name, t in times.items()
     ]
 
