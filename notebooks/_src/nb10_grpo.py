@@ -400,9 +400,22 @@ The samples also show what the policy settled on. It writes the short "They are 
 part wins" thought for every pair, whole parts equal or not, so its answer to the card's own question below is
 right for a wrong reason. The rewards judge only the solution, so a wrong but short thought costs nothing. The
 recipe that served an earlier, weaker student (5e-4 for 80 steps) gained nothing on this one and took twice as
-long (`docs/lesson-models.md` has the runs). Getting to 90% needs a reward that also checks the thought (for
-instance that it restates both numbers, and takes the decimal-part branch when the whole parts are equal), or a
-model that copies numbers reliably.
+long (`docs/lesson-models.md` has the runs).
+
+What else was tried, on the same 240 questions, and did *not* get closer to 90%:
+
+- **a reward on the thought** (half a point for restating exactly the question's two numbers, half for the right
+  branch): 164 right, against 166 without it;
+- **80 GRPO steps instead of 40**: 159;
+- **more SFT first**: 1600 fresh comparison traces from the training split lift the student to 196 (81.7%)
+  before any GRPO - more than GRPO does - and 40 GRPO steps from there end at 194.
+
+GRPO itself works: trained on 16 fixed prompts, it gets 15 of them right within 30 steps. But the same model
+is no better on other questions. At this size, a few hundred sampled groups fix answers prompt by prompt more than
+they teach the rule. The trace itself makes the rule hard: it decides the branch at the word after "The whole
+parts are" ("both", or the first whole part), before either whole part is written down. A trace that writes both
+whole parts first, then decides, is the change to try. It lives in the task generator, so it means new data, a new
+tokenizer, and every lesson re-run.
 
 A few held-out questions, before and after (greedy):
 """),
