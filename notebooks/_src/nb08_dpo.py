@@ -280,10 +280,10 @@ still: both models answer the same 344 prompts, and only the prompts where they 
 is right on 57 of them, SFT alone on 8; a sign test puts the chance of a split that uneven between two equal
 models at about 3e-10. The gain is mostly in reversals, from about half to nearly all: the preference pairs reject
 exactly the echoed list that writer B taught in lesson 07 (below). Comparisons rise a little (70.8% to 77.4%, inside
-each other's intervals), and additions and capitals stay at or near chance, since the pairs say nothing
-about how to add or which capital is which. Small talk falls (11
-questions only): its rejected answers are other valid replies of the wrong kind (a farewell after a greeting), and
-pushing those down pushes down replies that are right elsewhere.
+each other's intervals). Additions stay low (1.7% to 5.0%) and capitals at 0, since the pairs say nothing about
+how to add or which capital is which. Small talk falls (11 questions only): its rejected answers are other valid
+replies of the wrong kind (a farewell after a greeting), and pushing those down pushes down replies that are right
+elsewhere.
 
 **The card's recipe, without the NLL term.** Same data, steps and seed, `sft_weight=0`:
 """),
