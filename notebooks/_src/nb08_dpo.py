@@ -121,10 +121,14 @@ its log-probs for every training pair can be computed once before training (TRL'
 `precompute_ref_log_probs=True`); training then needs a single model in memory.
 """),
 code("""
+def pair_logps(m, pairs):   # [2, N]: log p(chosen), log p(rejected) under model m, 64 pairs a batch
+    with torch.no_grad():
+        return torch.cat([sequence_logps(m, collate(pairs[i:i + 64])).view(2, -1)
+                          for i in range(0, len(pairs), 64)], dim=1)
+
+
 t0 = time.time()
-with torch.no_grad():
-    ref_logps = torch.cat([sequence_logps(sft_model, collate(pairs_train[i:i + 64])).view(2, -1)
-                           for i in range(0, len(pairs_train), 64)], dim=1)     # [2, N]: chosen, rejected
+ref_logps = pair_logps(sft_model, pairs_train)
 print(f"reference log-probs of {ref_logps.shape[1]} pairs in {time.time() - t0:.1f}s; "
       f"the SFT model already prefers the chosen answer in {(ref_logps[0] > ref_logps[1]).float().mean():.0%} of pairs")
 """),
@@ -232,10 +236,8 @@ for name, m in (("SFT (before)", held_metrics_before), ("DPO (after)", held_metr
 
 
 def prefers_chosen(m, pairs):   # [N] bool: log p(chosen) > log p(rejected) under model m
-    with torch.no_grad():
-        logps = torch.cat([sequence_logps(m, collate(pairs[i:i + 64])).view(2, -1)
-                           for i in range(0, len(pairs), 64)], dim=1)
-    return logps[0] > logps[1]
+    chosen, rejected = pair_logps(m, pairs)
+    return chosen > rejected
 
 
 pairs_test = [pair(r) for r in pref_test]
