@@ -409,14 +409,18 @@ What else was tried, on the same 240 questions, and did *not* get closer to 90%:
 - **80 GRPO steps instead of 40**: 159 (66.3% [60.1, 71.9]);
 - **more SFT first**: 1600 fresh comparison traces from the training split lift the student to 196 (81.7% [76.3, 86.1])
   before any GRPO - more than GRPO does - and 40 GRPO steps from there end at 194 (80.8% [75.4, 85.3]).
+- **a different comparison trace** in the reasoning data (a fresh student, lesson 09's settings, then this
+  recipe): one that writes both whole parts before it decides ("The whole parts are 6 and 6. They are the same,
+  ...") ends at 143 (59.6% [53.3, 65.6]), one that goes digit by digit ("0 = 0, 6 = 6, 8 > 4.") at 156
+  (65.0% [58.8, 70.8]).
 
 GRPO itself works: trained on 16 fixed prompts, it gets 15 of them right within 30 steps. But the same model
 is no better on other questions (28 of 48 other training prompts, 58% [44, 71]; chance 50%). At this size,
 a few hundred sampled groups fix answers prompt by prompt more than
-they teach the rule. The trace itself makes the rule hard: it decides the branch at the word after "The whole
-parts are" ("both", or the first whole part), before either whole part is written down. A trace that writes both
-whole parts first, then decides, is the change to try. It lives in the task generator, so it means new data, a new
-tokenizer, and every lesson re-run.
+they teach the rule. Nor is it the trace's fault: with both whole parts written out, the student still writes "7
+and 7. They are different", and on questions whose whole parts differ it is right at a coin's rate. From 100
+comparison traces, a 3-layer model 192 wide does not learn to order two numbers. Only more comparison examples
+moved it, more than lesson 09's time allows.
 
 A few held-out questions, before and after (greedy):
 """),
