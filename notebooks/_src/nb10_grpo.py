@@ -46,7 +46,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import copy
-import re
 import time
 import warnings
 
@@ -59,6 +58,7 @@ from doge_from_scratch.data import REASONING_SYSTEM_PROMPT
 from doge_from_scratch.evaluate import sign_test, wilson_interval
 from doge_from_scratch.paths import ARTIFACTS_DIR
 from doge_from_scratch.sft import save_stage
+from doge_from_scratch.tasks import NUMBER
 from doge_from_scratch.tokenizer import load_tokenizer
 
 torch.manual_seed(0)
@@ -94,7 +94,8 @@ def questions(rows):
 print(f"{len(train_prompts)} training prompts, {len(held_out)} held-out prompts, "
       f"shared questions: {len(questions(train_prompts) & questions(held_out))}")
 def trap(r):
-    first, second = re.findall(r"\\d+\\.\\d+", r["prompt"][-1]["content"])  # the questions come in several phrasings
+    # the task's own number pattern (the questions come in several phrasings; only the two decimals are numbers)
+    first, second = NUMBER.findall(r["prompt"][-1]["content"])
     return first.split(".")[0] == second.split(".")[0]
 
 
