@@ -17,7 +17,6 @@ the number of those tokens in the optimizer step.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +28,9 @@ import torch.nn.functional as F
 
 from .data import load_lesson_dataset
 from .model import DogeForCausalLM
-from .sft import (IGNORE, SFTSettings, collate_padded, count_trainable, ensure_sft, finished_stage, model_inputs,
-                  save_stage, sft_examples, sft_step_batches, train_sft)
+from .pretrain import ensure_student_base
+from .sft import (IGNORE, SFTSettings, collate_padded, count_trainable, finished_stage, model_inputs, save_stage,
+                  sft_examples, sft_step_batches, train_sft)
 from .generation import chat_replies
 from .tasks import check_answer, is_well_formed_reasoning, prompt_and_reference
 from .tokenizer import BEGIN_SOLUTION, EOS_TOKEN, load_tokenizer
@@ -184,37 +184,19 @@ def teacher_traces(teacher: DogeForCausalLM, tokenizer, records: Sequence[Mappin
     return kept, replies
 
 
-def student_without_layer(model: DogeForCausalLM, drop: int) -> DogeForCausalLM:
-    """A student made from ``model`` by leaving out decoder layer ``drop``: every other tensor is copied, the
-    layers after ``drop`` move up by one (lesson 09 drops the last layer of the chat model)."""
-    config = copy.deepcopy(model.config)
-    keep = [i for i in range(config.num_hidden_layers) if i != drop]
-    config.num_hidden_layers = len(keep)
-    student = DogeForCausalLM(config)
-    state = model.state_dict()
-    with torch.no_grad():
-        for name, tensor in student.state_dict().items():
-            source = name
-            if name.startswith("model.layers."):
-                i = int(name.split(".")[2])
-                source = name.replace(f"model.layers.{i}.", f"model.layers.{keep[i]}.", 1)
-            tensor.copy_(state[source])
-    return student
-
-
 # lesson 09's sequence-level recipe: SFT of the student on the reasoning traces
 REASON_DISTILL_SETTINGS = SFTSettings(lr=3e-3, epochs=2, max_length=1024, rows_per_micro_batch=2, accumulation=1)
 
 
 def ensure_reason_distill(folder: str | Path | None = None, progress: bool = True) -> Path:
-    """Lesson 09's sequence-level student (the chat model without its last layer, SFT on the dataset's reasoning
-    traces with the lesson's settings), trained here unless ``folder`` (default artifacts/reason_distill) holds it."""
+    """Lesson 09's sequence-level student (the pretrained student base, data/tiny-doge-student, SFT on the dataset's
+    reasoning traces with the lesson's settings), trained here unless ``folder`` (default artifacts/reason_distill)
+    holds it."""
     folder, done = finished_stage(folder, "reason_distill", "ensure_reason_distill")
     if done:
         return folder
-    base = ensure_sft(progress=progress)
-    chat = DogeForCausalLM.from_pretrained(base)
-    student = student_without_layer(chat, chat.config.num_hidden_layers - 1)
+    base = ensure_student_base(progress=progress)
+    student = DogeForCausalLM.from_pretrained(base)
     tokenizer = load_tokenizer(base)
     history = train_sft(student, tokenizer, list(load_lesson_dataset("reasoning", "train")),
                         REASON_DISTILL_SETTINGS, progress)

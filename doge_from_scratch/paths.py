@@ -16,4 +16,6 @@ ARTIFACTS_DIR = PROJECT_ROOT / "artifacts"
 # the pretraining recipe's committed run (lessons 02-05 read it, 07 on start from it) and a run of your own
 # (lesson 06's shortened one, or `python -m doge_from_scratch.pretrain` without --out)
 TINY_DOGE_DIR = DATA_DIR / "tiny-doge"
+# the same recipe on lesson 09's student, a model a third of the teacher's size (pretrain.STUDENT_MODEL)
+TINY_DOGE_STUDENT_DIR = DATA_DIR / "tiny-doge-student"
 PRETRAINED_DIR = ARTIFACTS_DIR / "pretrained"

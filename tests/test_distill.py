@@ -106,19 +106,6 @@ def test_solution_span_starts_at_the_replys_tag_not_the_system_prompts():
     assert not distill.solution_mask(targets, torch.zeros_like(trained), begin).any()
 
 
-def test_student_without_layer_copies_every_other_tensor():
-    """Lesson 09's student: layer ``drop`` left out, the later layers moved up, every tensor an exact copy."""
-    teacher = randomize_(DogeForCausalLM(tiny_config(num_hidden_layers=4)), 3)
-    student = distill.student_without_layer(teacher, 2)
-    assert student.config.num_hidden_layers == 3 and teacher.config.num_hidden_layers == 4
-    source = teacher.state_dict()
-    for name, tensor in student.state_dict().items():
-        moved = name.replace("model.layers.2.", "model.layers.3.", 1)
-        assert torch.equal(tensor, source[moved]), name  # copies: no arithmetic, bit equality is right
-    assert not torch.equal(student.state_dict()["model.layers.2.mlp.up_proj.weight"],
-                           source["model.layers.2.mlp.up_proj.weight"])
-
-
 def test_teacher_traces_keep_only_well_formed_right_replies(monkeypatch):
     """Sequence-level data from the teacher: its reply becomes the assistant turn; malformed replies are dropped
     always, wrong ones unless ``only_correct=False``; the prompt (system + question) is kept as it was."""

@@ -152,6 +152,23 @@ def test_ensure_pretrained_reuses_an_existing_folder(tmp_path, monkeypatch):
         P.ensure_pretrained(tmp_path)
 
 
+def test_ensure_student_base_runs_the_student_recipe_into_its_own_folder(tmp_path, monkeypatch):
+    """A deleted data/tiny-doge-student is retrained with student_settings() (not the teacher's recipe), into its
+    own folder; a complete one is returned as it is."""
+    calls = []
+
+    def fake_ensure(path, progress=True, settings=None):
+        calls.append((path, settings))
+        return path
+
+    monkeypatch.setattr(P, "ensure_pretrained", fake_ensure)
+    assert P.ensure_student_base(progress=False) == P.TINY_DOGE_STUDENT_DIR
+    (path, settings), = calls
+    assert path == P.TINY_DOGE_STUDENT_DIR != P.TINY_DOGE_DIR
+    assert settings == P.student_settings() and settings.model_overrides == P.STUDENT_MODEL
+    assert settings.model_overrides != P.PretrainSettings().model_overrides
+
+
 def test_continue_text_is_greedy_raw_text_after_a_bos(tok):
     torch.manual_seed(0)
     model = P.DogeForCausalLM(P.tiny_doge_config(len(tok), hidden_size=32, intermediate_size=64,
