@@ -371,10 +371,13 @@ md("""
 The card loads `SmallDoge/Doge-160M-Reason-Distill` with `AutoModelForCausalLM` and generates with sampling
 (temperature 0.8, top-p 0.9) and a `TextStreamer`. We save the student trained on the dataset's traces, the
 card's route, like a Hub folder (lesson 10 starts from it) and run the snippet against it - with our
-`DogeForCausalLM.from_pretrained` in place of `AutoModelForCausalLM` and our own `generate` (lesson 05). In the
-committed run the sampled reply names the right number, 3.9, but opens with a stray `<|end_of_solution|>` and
-skips its thought: at temperature 0.8 a student that writes the format on 100% of greedy replies still draws a
-wrong tag now and then. Lesson 10 trains on exactly this kind of question and format.
+`DogeForCausalLM.from_pretrained` in place of `AutoModelForCausalLM` and our own `generate` (lesson 05). The
+snippet calls `apply_chat_template` without `add_generation_prompt=True`, so its prompt ends after the user's turn,
+with no assistant header, which no lesson trains on. In the committed run the sampled reply names the right
+number, 3.9, but opens with a stray `<|end_of_solution|>` and skips its thought. With the header added and the same
+seed (measured, not run here) the student writes the whole trace and miscopies a number on the way: "Write both
+with two decimal places: 3.90 and 3.11 ... So 3.91 is bigger than 3.2", then answers 3.91. Lesson 10 trains on
+exactly this kind of question.
 """),
 code("""
 student_folder = sft.save_stage(data_student, tokenizer, ARTIFACTS_DIR / "reason_distill", data_log, settings)

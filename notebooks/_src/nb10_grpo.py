@@ -6,14 +6,15 @@ cells = [
 md("""
 # Lesson 10 - GRPO: rewards instead of answers
 
-> **Run time**: about 250 s (just over 4 minutes) on the project's 2-core CPU on a day it ran at half its usual
-> speed, 220 s of it for the 40 GRPO steps. **Uses**: lesson 09's distilled
-> student `artifacts/reason_distill/` (built on lesson 07's chat model). A missing one is trained first with
-> lesson 09's settings (`grpo.ensure_reason_distill`): about two minutes for the SFT stage and the student.
+> **Run time**: about 220 s (under 4 minutes) on the project's 2-core CPU on a day it ran at 0.6x its usual
+> speed, 182 s of it for the 40 GRPO steps. **Uses**: lesson 09's distilled
+> student `artifacts/reason_distill/` (0.47M parameters, built on the committed `data/tiny-doge-student/`). A missing
+> one is trained first with lesson 09's settings (`grpo.ensure_reason_distill`), in under a minute.
 > **Writes** `artifacts/grpo/`, the model the evaluation lesson loads.
 
-Lesson 09's student writes a thought section and a solution section, and is right on a little over half of the
-comparisons: SFT on traces teaches it what a trace *looks like* more than which answer is right. The
+Lesson 09's student writes a thought section and a solution section, and is right on 42% of held-out
+comparisons, below the 50% of a coin: SFT on traces teaches it what a trace *looks like* more than which answer is
+right. The
 Doge-160M-Reason-Distill card is tagged `grpo`, and the small-doge recipes train their reasoning models with
 **Group Relative Policy Optimisation** (GRPO, DeepSeekMath 2402.03300) on two rewards: is the answer right,
 and is the reply in the thought/solution format.
@@ -313,10 +314,10 @@ md("""
 
 The recipe (`grpo.GRPOSettings` defaults): 40 steps, per step 8 prompts x G = 8 completions, `beta = 0`,
 `loss_type = "dapo"`, `epsilon = 0.2`, `scale_rewards = "group"`, one iteration per batch, AdamW at a constant
-2e-4 and gradient clipping at 1. (Measured on this student: 5e-4 for 80 steps, the recipe tuned on a weaker
-student, gained nothing and cost seven minutes; 1e-4 for 40 steps gained a little less than 2e-4.
-`docs/lesson-models.md` has the runs.) Rewards: accuracy + format, weight 1 each. Two choices differ from TRL's
-defaults, both measured while building this lesson:
+2e-4 and gradient clipping at 1. (Measured on lesson 09's earlier student, the chat model cut to 3 layers: 5e-4
+for 80 steps gained nothing and cost seven minutes, 1e-4 for 40 steps gained a little less than 2e-4. On this
+student 4e-4 ends lower than 2e-4, 118 against 136 of 240. `docs/lesson-models.md` has the runs.) Rewards:
+accuracy + format, weight 1 each. Two choices differ from TRL's defaults, both measured while building this lesson:
 
 - **`max_completion_length = 112`**: the longest comparison trace has 109 tokens; a tighter limit cuts the trap
   questions' traces (they need the extra "two decimal places" step) before their solution, and a cut-off reply
@@ -385,25 +386,22 @@ print(f"intervals separated (after's lower bound {lo_after:.1%} > before's upper
 """),
 md("""
 What the figures say (the committed run; the printed numbers are the measurement). GRPO lifts the held-out
-accuracy from 56.7% (136/240, 95% CI 50.3-62.8%) to 69.2% (166/240, 63.1-74.7%) and keeps the format at 100%.
-The two intervals only just clear each other. The firmer evidence is the paired count on the same questions: 42
-are right only after GRPO and 12 only before (sign test p = 5e-5). That is still far from the 90% this lesson
-aimed at.
+accuracy from 42.1% (101/240, 95% CI 36.0-48.4%), below a coin's 50%, to 56.7% (136/240, 50.3-62.8%), and keeps the
+format at 100%. The two intervals clear each other, and on the same questions 65 are right only after GRPO and 30
+only before (sign test p = 4e-4). That is still far from the 90% this lesson aimed at, and only just above chance.
 
-The split by kind says where the rest is lost. Questions with equal whole parts (the "3.9 or 3.11" kind) were
-already mostly right and stay so, 92 -> 95 of 117. The gain is on different whole parts, 44 -> 71 of 123, which is
-still barely above a coin flip. The count of solutions naming one of the question's two numbers says why: 63 of
-the 240 solutions after GRPO do not name exactly one of them, and the thoughts show numbers miscopied on the way
-("So 11.92 is bigger than 1.2"). A solution with a miscopied number is wrong whichever way the comparison goes,
-and copying is what a 1.3M-parameter model pretrained for a few minutes still does unreliably.
+The split by kind says what GRPO changed. Before, the student wrote the equal-whole-parts thought ("The whole parts
+are both 6 ...") for nearly every pair: the trap questions (equal whole parts, the "3.9 or 3.11" kind) were mostly
+right, 87 of 117, the others almost never, 14 of 123, and only 117 of the 240 solutions named exactly one of the
+question's two numbers. After, it writes the short "They are different, so the bigger whole part wins" thought for
+every pair: different whole parts rise to 74 of 123, the traps fall to 62 of 117, and 160 solutions name exactly
+one of the two numbers. GRPO swapped one branch for the other, and gained because the short branch miscopies fewer
+numbers; it did not learn when to take which. The rewards judge only the solution, so a wrong but short thought
+costs nothing: the card's own question below is answered right for a wrong reason.
 
-The samples also show what the policy settled on. It writes the short "They are different, so the bigger whole
-part wins" thought for every pair, whole parts equal or not, so its answer to the card's own question below is
-right for a wrong reason. The rewards judge only the solution, so a wrong but short thought costs nothing. The
-recipe that served an earlier, weaker student (5e-4 for 80 steps) gained nothing on this one and took twice as
-long (`docs/lesson-models.md` has the runs).
-
-What else was tried, on the same 240 questions, and did *not* get closer to 90%:
+What else was tried for 90%, on the same 240 questions but from lesson 09's earlier student (the chat model cut to
+3 layers, 1.26M parameters, which this recipe took from 136 to 166 right, 69.2% [63.1, 74.7]), and did *not* get
+there:
 
 - **a reward on the thought** (half a point for restating exactly the question's two numbers, half for the right
   branch): 164 right (68.3% [62.2, 73.9]), against 166 without it;
@@ -420,8 +418,8 @@ is no better on other questions (28 of 48 other training prompts, 58% [44, 71]; 
 a few hundred sampled groups fix answers prompt by prompt more than
 they teach the rule. Nor is it the trace's fault: with both whole parts written out, the student still writes "7
 and 7. They are different", and on questions whose whole parts differ it is right at a coin's rate. From 100
-comparison traces, a 3-layer model 192 wide does not learn to order two numbers. Only more comparison examples
-moved it, more than lesson 09's time allows.
+comparison traces, neither that 3-layer model 192 wide nor this student learns to order two numbers. Only more
+comparison examples moved it, more than lesson 09's time allows.
 
 A few held-out questions, before and after (greedy):
 """),
@@ -437,6 +435,12 @@ md("""
 The Doge-160M-Reason-Distill card's usage code on its own question, with our `from_pretrained` and `generate`
 (sampling at temperature 0.8, top-p 0.9, as the card does), after saving the model like a Hub folder to
 `artifacts/grpo` (the evaluation lesson loads it from there). Then greedy, the way the held-out questions were scored.
+
+The card's snippet calls `apply_chat_template` without `add_generation_prompt=True`, so its prompt ends after the
+user's turn, with no assistant header. No lesson trained on that, and the sampled reply skips its thought
+("<|begin_of_solution|> The bigger number is 3.9."). With the header added and the same seed (measured, not run
+here) the model writes its thought, "The whole parts are 3 and 3. They are different ...", and answers 3.9. The
+greedy reply uses the header, like every score in this lesson.
 """),
 code("""
 grpo_folder = save_stage(policy, tokenizer, ARTIFACTS_DIR / "grpo", history, settings)
