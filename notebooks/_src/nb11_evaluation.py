@@ -6,7 +6,7 @@ cells = [
 md("""
 # Lesson 11 - Evaluation: the model cards' benchmark method, equal to lm-evaluation-harness
 
-> **Run time**: about 40-70 s on the project's 2-core CPU. **Uses**: the committed `data/tiny-doge/` and the models
+> **Run time**: about 1-2 minutes on the project's 2-core CPU (124 s on a slow day). **Uses**: the committed `data/tiny-doge/` and the models
 > of lessons 07-10 under `artifacts/` (`sft`, `dpo`, `reason_distill`, `grpo`). Opened first, it trains the
 > missing ones with their lessons' recipes (about 10 more minutes).
 
@@ -392,7 +392,8 @@ its distractors. The breakdown above shows where the ARC-style reversals go: by 
 choice that is *shorter* - the list with its last digit dropped costs one token fewer - or the list echoed as
 given (copying the question is cheap). Dividing by length (`acc_norm`) is the harness's answer to the first
 bias. The PIQA-style decimal comparisons are where the models of lessons 06-08 are far above chance; the
-reasoning models, scored on the plain prompt without their system prompt, are at chance there. The IFEval-style
+reasoning models, scored on the plain prompt without their system prompt, are near chance there (within
+two standard errors of 50%). The IFEval-style
 scores mostly measure length: the pretrained model rambles on and passes almost nothing, while short replies
 without commas pass two of the three instruction kinds whatever they say, which is most of what the chat models
 score. The end-phrase instruction, which no lesson data ever taught, is what would separate a model that follows
