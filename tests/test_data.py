@@ -22,8 +22,9 @@ def rows():
 
 
 # data/tiny-doge is the lessons' pretrained model, made by `python -m doge_from_scratch.pretrain --out data/tiny-doge
-# --save-dtype bfloat16` (a 7-minute training, not this generator); tests/test_tiny_doge.py checks it.
-MADE_ELSEWHERE = ("tiny-doge",)
+# --save-dtype bfloat16` (a 7-minute training, not this generator), data/tiny-doge-student lesson 09's student made
+# the same way with --student; tests/test_tiny_doge.py checks both.
+MADE_ELSEWHERE = ("tiny-doge", "tiny-doge-student")
 
 
 def generator_files(root):
