@@ -6,9 +6,9 @@ cells = [
 md("""
 # Lesson 11 - Evaluation: the model cards' benchmark method, equal to lm-evaluation-harness
 
-> **Run time**: about 1-2 minutes on the project's 2-core CPU (124 s on a slow day). **Uses**: the committed `data/tiny-doge/` and the models
-> of lessons 07-10 under `artifacts/` (`sft`, `dpo`, `reason_distill`, `grpo`). Opened first, it trains the
-> missing ones with their lessons' recipes (about 10 more minutes).
+> **Run time**: about 1-2 minutes on the project's 2-core CPU (124 s on a slow day). **Uses**: the committed
+> `data/tiny-doge/` and the models of lessons 07-10 under `artifacts/` (`sft`, `dpo`, `reason_distill`, `grpo`).
+> Opened first, it trains the missing ones with their lessons' recipes (about 10 more minutes).
 
 Every Doge card ends with a table like this one (Doge-*-Instruct card):
 
