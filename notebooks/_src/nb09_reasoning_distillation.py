@@ -96,10 +96,10 @@ md("""
   Same tokenizer, same vocabulary, which logit-level distillation needs, since it compares distributions over the
   same tokens. It has never seen a chat: everything it knows about the format comes from the distillation below.
 - **Why not cut the teacher down?** Earlier versions of this lesson made the student by dropping one layer of the
-  chat model (the layer-dropping initialisation of DistilBERT). That student had 1.25x fewer parameters, not 3x
-  (at this vocabulary the embedding is a large share of them), and it did worse than the own-base student below:
-  18% of the held-out questions right after SFT on the traces, against 32% here. Cut to 2 of its 4 layers, it
-  answered nothing right (on an earlier base model).
+  chat model (the layer-dropping initialisation of DistilBERT). The teacher then had only 1.25x the student's
+  parameters, not 3x (at this vocabulary the embedding is a large share of them), and that student did worse than
+  the own-base student below: 18% of the held-out questions right after SFT on the traces, against 32% here. Cut to
+  2 of its 4 layers, it answered nothing right (on an earlier base model).
 """),
 code("""
 student_base = pretrain.ensure_student_base()   # data/tiny-doge-student (pretrained again only if it is missing)
@@ -348,14 +348,14 @@ What the tables say (the committed run; the numbers above are the measurement):
   here. beta = 1 learns far more slowly (the mode-seeking reverse KL gives small gradients where the student puts
   little mass) and does not yet write the format. The student of the teacher's own traces gets 52%: it saw 291
   traces, not 400, and only 5 of them additions.
-- **Free generation, every student that learnt the format beats the undistilled one.** On 240 held-out
-  questions the undistilled student, which has never seen a chat, is right on none (interval up to 1.6%; it does
-  answer in plain text, "The bigger number is 13.63.", which the lenient column counts). The dataset-trace student is
-  right on 32.5% [26.9, 38.7], the teacher's-trace student on 31.7% [26.1, 37.8], the forward-KL student on
-  24.6% [19.6, 30.4]: each interval clear of the undistilled one, and the two trace students clear of the whole
-  set's chance level, 18% (a format-aware guess: one of the two numbers, a known capital, an ordering of the
-  digits). Most of that is reversals (54-57% against a 9% chance) and, for the dataset-trace student, additions
-  (9.3% [4.6, 18.0] against 0.5%). Their comparisons sit at about the 50% of naming one of the two numbers.
+- **Free generation, every student that learnt the format beats the undistilled one.** On 240 held-out questions the
+  undistilled student, which has never seen a chat, is right on none (interval up to 1.6%; it does answer in plain
+  text, "The bigger number is 13.63.", which the lenient column counts). The dataset-trace student is right on 32.5%
+  [26.9, 38.7], the teacher's-trace student on 31.7% [26.1, 37.8], the forward-KL student on 24.6% [19.6, 30.4]:
+  each interval clear of the undistilled one and of the whole set's chance level, 18% (a format-aware guess: one of
+  the two numbers, a known capital, an ordering of the digits). Most of that is reversals (33-57% against a 9%
+  chance) and, for the dataset-trace student, additions (9.3% [4.6, 18.0] against 0.5%). Their comparisons sit at
+  about the 50% of naming one of the two numbers.
 - **The teacher is right on 46%**: reversals 97%, comparisons 58%, additions and capitals at chance. No student
   reaches it; the teacher's traces do not close the gap (a student that reverses a list half the time does not
   learn the rest from 100 right reversal traces in two epochs).
