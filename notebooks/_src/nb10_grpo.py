@@ -6,8 +6,8 @@ cells = [
 md("""
 # Lesson 10 - GRPO: rewards instead of answers
 
-> **Run time**: about 220 s (under 4 minutes) on the project's 2-core CPU on a day it ran at 0.6x its usual
-> speed, 182 s of it for the 40 GRPO steps. **Uses**: lesson 09's distilled
+> **Run time**: about 5 minutes (314 s) on the project's 2-core CPU on a day it ran at 0.6x its usual speed,
+> 284 s of it for the 80 GRPO steps. **Uses**: lesson 09's distilled
 > student `artifacts/reason_distill/` (0.47M parameters, built on the committed `data/tiny-doge-student/`). A missing
 > one is trained first with lesson 09's settings (`grpo.ensure_reason_distill`), in under a minute.
 > **Writes** `artifacts/grpo/`, the model the evaluation lesson loads.
@@ -312,11 +312,13 @@ print(f"chance (a well-formed reply naming one of the two numbers at random): 50
 md("""
 ## 7. Training
 
-The recipe (`grpo.GRPOSettings` defaults): 40 steps, per step 8 prompts x G = 8 completions, `beta = 0`,
+The recipe (`grpo.GRPOSettings` defaults): 80 steps, per step 8 prompts x G = 8 completions, `beta = 0`,
 `loss_type = "dapo"`, `epsilon = 0.2`, `scale_rewards = "group"`, one iteration per batch, AdamW at a constant
 2e-4 and gradient clipping at 1. (Measured on lesson 09's earlier student, the chat model cut to 3 layers: 5e-4
-for 80 steps gained nothing and cost seven minutes, 1e-4 for 40 steps gained a little less than 2e-4. On this
-student 4e-4 ends lower than 2e-4, 118 against 136 of 240. `docs/lesson-models.md` has the runs.) Rewards:
+for 80 steps gained nothing and cost seven minutes, 1e-4 for 40 steps gained a little less than 2e-4, and 80 steps
+at 2e-4 ended lower than 40. On this student, 40 steps at 2e-4 end at 136 of 240, 4e-4 at 118, and 80 steps at
+2e-4 at 154: the step count was chosen on these same held-out questions, one pick of three, so the lift below is
+a little optimistic. `docs/lesson-models.md` has the runs.) Rewards:
 accuracy + format, weight 1 each. Two choices differ from TRL's defaults, both measured while building this lesson:
 
 - **`max_completion_length = 112`**: the longest comparison trace has 109 tokens; a tighter limit cuts the trap
@@ -386,18 +388,20 @@ print(f"intervals separated (after's lower bound {lo_after:.1%} > before's upper
 """),
 md("""
 What the figures say (the committed run; the printed numbers are the measurement). GRPO lifts the held-out
-accuracy from 42.1% (101/240, 95% CI 36.0-48.4%), below a coin's 50%, to 56.7% (136/240, 50.3-62.8%), and keeps the
-format at 100%. The two intervals clear each other, and on the same questions 65 are right only after GRPO and 30
-only before (sign test p = 4e-4). That is still far from the 90% this lesson aimed at, and only just above chance.
+accuracy from 42.1% (101/240, 95% CI 36.0-48.4%), below a coin's 50%, to 64.2% (154/240, 57.9-70.0%), and keeps the
+format at 100%. The two intervals are well apart, and on the same questions 67 are right only after GRPO and 14
+only before (sign test p = 2e-9). That is still far from the 90% this lesson aimed at.
 
 The split by kind says what GRPO changed. Before, the student wrote the equal-whole-parts thought ("The whole parts
 are both 6 ...") for nearly every pair: the trap questions (equal whole parts, the "3.9 or 3.11" kind) were mostly
 right, 87 of 117, the others almost never, 14 of 123, and only 117 of the 240 solutions named exactly one of the
 question's two numbers. After, it writes the short "They are different, so the bigger whole part wins" thought for
-every pair: different whole parts rise to 74 of 123, the traps fall to 62 of 117, and 160 solutions name exactly
-one of the two numbers. GRPO swapped one branch for the other, and gained because the short branch miscopies fewer
-numbers; it did not learn when to take which. The rewards judge only the solution, so a wrong but short thought
-costs nothing: the card's own question below is answered right for a wrong reason.
+every pair: different whole parts rise to 75 of 123, the traps stay mostly right, 79 of 117, and 166 solutions name
+exactly one of the two numbers. The gain comes from the solutions, not the thoughts: the short branch miscopies
+fewer numbers, and the solution often names the right number even when the thought's last line miscopies one
+("So 6.77 is bigger than 6.7", below). The rewards judge only the solution, so a wrong thought costs nothing: the
+card's own question below is answered right for a wrong reason. (The same recipe cut to 40 steps ended at
+136/240, with the traps down to 62 of 117.)
 
 What else was tried for 90%, on the same 240 questions but from lesson 09's earlier student (the chat model cut to
 3 layers, 1.26M parameters, which this recipe took from 136 to 166 right, 69.2% [63.1, 74.7]), and did *not* get
