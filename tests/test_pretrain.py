@@ -153,8 +153,8 @@ def test_ensure_pretrained_reuses_an_existing_folder(tmp_path, monkeypatch):
 
 
 def test_ensure_student_base_runs_the_student_recipe_into_its_own_folder(tmp_path, monkeypatch):
-    """A deleted data/tiny-doge-student is retrained with student_settings() (not the teacher's recipe), into its
-    own folder; a complete one is returned as it is."""
+    """ensure_student_base hands ensure_pretrained (whose reuse of a complete folder is tested above) the student's
+    own folder and student_settings(), not the teacher's recipe."""
     calls = []
 
     def fake_ensure(path, progress=True, settings=None):

@@ -22,7 +22,6 @@ from doge_from_scratch.pretrain import (STUDENT_MODEL, TINY_DOGE_DIR, TINY_DOGE_
                                         student_settings, tiny_doge_config)
 from doge_from_scratch.tokenizer import load_tokenizer
 
-WEIGHTS = TINY_DOGE_DIR / "model.safetensors"
 
 
 SHIPPED = [(TINY_DOGE_DIR, PretrainSettings, ""), (TINY_DOGE_STUDENT_DIR, student_settings, "--student ")]
