@@ -421,8 +421,9 @@ With this student, longer runs of this recipe do keep gaining (measured on anoth
 the same 240 questions along one 200-round run): 156 right after 80 rounds, 176 after 120 (73.3% [67.4, 78.5]),
 180 after 160 and 183 after 200 (76.2% [70.5, 81.2]). Still short of 90%, and 200 rounds cost 2.5 times this
 lesson's training time: a round's time goes to sampling (about 2 s for 64 completions) and to the policy's forward
-and backward over rows of about 360 tokens, 250 of them the card's system prompt. Rounds of 4 prompts instead of 8
-cost half as much but stay at 133-135 right from 80 to 200 rounds: the gain needs the 8 prompts of a round.
+and backward over rows of about 360 tokens, the first 225 of them the same in every row (the card's system
+prompt). Rounds of 4 prompts instead of 8 cost half as much but stay at 133-135 right from 80 to 200 rounds: the
+gain needs the 8 prompts of a round.
 
 GRPO itself works: trained on 16 fixed prompts, it gets 15 of them right within 30 steps. But the same model
 is no better on other questions (28 of 48 other training prompts, 58% [44, 71]; chance 50%). At this size,
