@@ -48,6 +48,16 @@ class KVCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.keys[layer_idx].shape[-2] if layer_idx < len(self.keys) else 0
 
+    def expand_batch(self, batch_size: int) -> KVCache:
+        """This one-row cache [1, n_kv, S, d] seen by ``batch_size`` rows (views, no copies): a prefix every row
+        shares, computed once. Under autograd the rows' gradients sum back into the one prefix."""
+        if any(k.shape[0] != 1 for k in self.keys):
+            raise ValueError(f"expand_batch needs a cache of one row; this one holds {self.keys[0].shape[0]}")
+        out = KVCache()
+        out.keys = [k.expand(batch_size, -1, -1, -1) for k in self.keys]
+        out.values = [v.expand(batch_size, -1, -1, -1) for v in self.values]
+        return out
+
     def __len__(self) -> int:
         return len(self.keys)
 

@@ -195,21 +195,60 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def shared_prefix_length(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
+    """How many leading tokens all rows' prompts share. prompt_ids, prompt_mask: [b, P], left padded.
+
+    At most the shortest prompt's length - 1, so that every row keeps a prompt token of its own (the one whose
+    logits predict the first completion token). 0 for a single row or a mask that is not left padding.
+    """
+    b, width = prompt_ids.shape
+    lengths = prompt_mask.sum(-1)
+    shortest = int(lengths.min()) if b else 0
+    if b < 2 or shortest < 2:
+        return 0
+    starts = width - lengths
+    if not torch.equal(prompt_mask.bool(), torch.arange(width)[None, :] >= starts[:, None]):
+        return 0
+    heads = prompt_ids.gather(1, starts[:, None] + torch.arange(shortest - 1)[None, :])
+    return int((heads == heads[:1]).all(0).long().cumprod(0).sum())
+
+
 def completion_logps(model, batch: Mapping[str, torch.Tensor], temperature: float = 1.0,
-                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     with_entropy: bool = False, share_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(o_t | prompt, o_<t) of each completion token under logits / temperature: [b, C] (0 on padding),
     and the next-token entropy at those positions [b, C] if asked.
 
     Positions count real tokens only (left padding and the prompt's real length), as in ``generate``.
+    ``share_prefix``: the leading tokens all prompts share (lesson 10's system prompt: 225 of about 248) go
+    through the model once, as one row whose keys and values every row attends to, and only the rest of each
+    row is computed b times. The same numbers up to float32 round-off (a masked key adds exactly 0 to a softmax
+    either way), and under autograd the prefix gets the summed gradient of all rows.
     """
-    ids = torch.cat((batch["prompt_ids"], batch["completion_ids"]), dim=1)
-    mask = torch.cat((batch["prompt_mask"], batch["completion_mask"]), dim=1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    width = batch["completion_ids"].shape[1]
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=width + 1).logits
+    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+    completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
+    shared = shared_prefix_length(prompt_ids, prompt_mask) if share_prefix else 0
+    cache = None
+    if shared:
+        b = prompt_ids.shape[0]
+        start = prompt_ids.shape[1] - int(prompt_mask[0].sum())
+        prefix = prompt_ids[:1, start:start + shared]
+        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values.expand_batch(b)
+        # each row's prompt after the prefix, still left padded: its last (length - shared) columns
+        rest = prompt_mask.sum(-1) - shared
+        width = int(rest.max())
+        prompt_ids = prompt_ids[:, -width:]
+        prompt_mask = (torch.arange(width)[None, :] >= (width - rest)[:, None]).to(prompt_mask.dtype)
+    ids = torch.cat((prompt_ids, completion_ids), dim=1)
+    mask = torch.cat((prompt_mask, completion_mask), dim=1)
+    positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
+    if shared:
+        mask = torch.cat((mask.new_ones(mask.shape[0], shared), mask), dim=1)
+    width = completion_ids.shape[1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   logits_to_keep=width + 1).logits
     logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
-    keep = batch["completion_mask"].bool()
-    token_logps = logp.gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1).masked_fill(~keep, 0.0)
+    keep = completion_mask.bool()
+    token_logps = logp.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1).masked_fill(~keep, 0.0)
     entropy = None
     if with_entropy:
         entropy = -(logp.exp() * logp).sum(-1).masked_fill(~keep, 0.0).detach()
@@ -267,6 +306,7 @@ class GRPOSettings(OptimizerSettings):
     warmup: float = 0.0
     min_lr_rate: float = 1.0        # constant LR after warmup
     betas: tuple[float, float] = (0.9, 0.99)
+    share_prefix: bool = True       # the prompts' common prefix computed once per micro-batch (completion_logps)
     generation_batch_size: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -309,7 +349,7 @@ class GRPOObjective(StageLoss):
 
     def summed(self, model, batch):
         s = self.s
-        logps, entropy = completion_logps(model, batch, s.temperature, with_entropy=True)
+        logps, entropy = completion_logps(model, batch, s.temperature, with_entropy=True, share_prefix=s.share_prefix)
         old = batch.get("old_logps")
         old = logps.detach() if old is None else old
         loss, diag = clipped_token_loss(logps, old, batch["advantages"], s.epsilon, s.eps_high, s.beta,
@@ -412,7 +452,7 @@ def scored_logps(model, batch: Mapping[str, torch.Tensor], settings: GRPOSetting
     parts = []
     width = batch["completion_ids"].shape[1]
     for part in micro_batches(batch, settings.micro_batch):
-        logps, _ = completion_logps(model, part, settings.temperature)
+        logps, _ = completion_logps(model, part, settings.temperature, share_prefix=settings.share_prefix)
         parts.append(torch.nn.functional.pad(logps, (0, width - logps.shape[1])))
     return torch.cat(parts)
 

@@ -114,6 +114,67 @@ def test_settings_refuse_unknown_choices():
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The shared prompt prefix computed once (completion_logps' default) against every row computed whole
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_shared_prefix_length():
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [5, 6, 7, 9, 9, 9], [0, 5, 6, 7, 8, 1]])
+    mask = (ids != 0).long()
+    assert grpo.shared_prefix_length(ids, mask) == 3  # 5 6 7, then 8 / 9 / 8 differ
+    assert grpo.shared_prefix_length(ids[:1], mask[:1]) == 0  # one row shares nothing with others
+    same = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    assert grpo.shared_prefix_length(same, torch.ones_like(same)) == 2  # the last prompt token stays per row
+    right_padded = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert grpo.shared_prefix_length(same, right_padded) == 0  # not left padding: no sharing
+
+
+def rollout_batch(tokenizer, n_rows: int = 6):
+    """A micro-batch with lesson 10's long system prompt, prompts of different lengths, completions of different
+    lengths (one cut off without an eos)."""
+    questions = ["Which number is bigger, 3.9 or 3.11?", "Is 12.4 or 5.67 the bigger number?",
+                 "Which is larger: 0.5 or 0.45?"]
+    conversations = [[{"role": "system", "content": REASONING_SYSTEM_PROMPT}, {"role": "user", "content": q}]
+                     for q in questions for _ in range(n_rows // len(questions))]
+    texts = [reply(), reply(solution="The bigger number is 3.11."), "The bigger", reply(thought="Tenths first."),
+             reply() + reply(), "Hm"][:n_rows]
+    completions = [tokenizer.encode(t, add_special_tokens=False) + [tokenizer.eos_token_id] for t in texts]
+    completions[2] = completions[2][:-1]
+    rollout = grpo.make_rollout(tokenizer, conversations, completions)
+    return {"prompt_ids": rollout.prompt_ids, "prompt_mask": rollout.prompt_mask,
+            "completion_ids": rollout.completion_ids, "completion_mask": rollout.completion_mask}
+
+
+def test_shared_prefix_gives_the_whole_rows_numbers(tokenizer):
+    """Log-probs, entropies and the gradient of a loss on them, shared prefix vs whole rows, in float32 against
+    float64 (the whole-row path, which the TRL parity tests check, is the reference's error)."""
+    from doge_from_scratch.testing import failed_checks, float32_error_check, float64_copy
+
+    batch = rollout_batch(tokenizer)
+    shared = grpo.shared_prefix_length(batch["prompt_ids"], batch["prompt_mask"])
+    lengths = batch["prompt_mask"].sum(-1)
+    assert shared > 0.8 * int(lengths.min()) and len(set(lengths.tolist())) > 1  # the case the shortcut is for
+    # keys up to the keep window, as in the lesson models (keep_window_size 2048): past it the float64 twin's
+    # materialised mask is not exact (its softmax runs in float32)
+    model = tiny_model_for(tokenizer, keep_window_size=2048).train()
+    exact_model = float64_copy(model).train()
+    weights = torch.linspace(-1.0, 1.0, batch["completion_ids"].numel()).view_as(batch["completion_ids"])
+
+    def run(m, share):
+        m.zero_grad()
+        logps, entropy = grpo.completion_logps(m, batch, TEMPERATURE, with_entropy=True, share_prefix=share)
+        (logps * weights.to(logps.dtype)).sum().backward()
+        return logps.detach(), entropy, {k: p.grad.detach().clone() for k, p in m.named_parameters()}
+
+    ours, whole, exact = run(model, True), run(model, False), run(exact_model, False)
+    checks = [float32_error_check("log-probs", ours[0], whole[0], exact[0]),
+              float32_error_check("entropy", ours[1], whole[1], exact[1])]
+    checks += [float32_error_check(f"grad {k}", ours[2][k], whole[2][k], exact[2][k]) for k in exact[2]]
+    assert all(c["ok"] for c in checks), failed_checks([c for c in checks if not c["ok"]])
+    assert bool((ours[0] != 0).any()) and exact[2]["model.embed_tokens.weight"].abs().max() > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Parity with TRL 1.16: the same model, prompts, completions and rewards
 # ----------------------------------------------------------------------------------------------------------
 
