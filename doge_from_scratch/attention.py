@@ -165,13 +165,15 @@ def dynamic_mask(bias: torch.Tensor, allowed: torch.Tensor, keep_window_size: in
 
 def attend_materialised(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                         scale: float, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
-    """softmax(q k^T * scale + mask) v, softmax in float32.
+    """softmax(q k^T * scale + mask) v, softmax in float32 (or in float64 for float64 inputs).
 
     q: [B, n_h, T, d]; k, v: [B, n_kv, S, d]; mask: [B, n_h, T, S] -> [B, n_h, T, d]
     """
     groups = q.shape[1] // k.shape[1]
     scores = torch.matmul(q, repeat_kv(k, groups).transpose(2, 3)) * scale + mask
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    # Never below float32; never below the input either: float64's minimum cast to float32 is -inf, and a
+    # query with no visible key (left padding) would become NaN and spread through 0 * NaN in later layers.
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
     probs = F.dropout(probs, p=dropout, training=training)
     return torch.matmul(probs, repeat_kv(v, groups))
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from doge_from_scratch import grpo, rewards
+from doge_from_scratch.cache import KVCache
 from doge_from_scratch.data import REASONING_SYSTEM_PROMPT
 from doge_from_scratch.testing import tiny_model_for
 from doge_from_scratch.train_utils import trl_ready
@@ -154,9 +155,7 @@ def test_shared_prefix_gives_the_whole_rows_numbers(tokenizer):
     shared = grpo.shared_prefix_length(batch["prompt_ids"], batch["prompt_mask"])
     lengths = batch["prompt_mask"].sum(-1)
     assert shared > 0.8 * int(lengths.min()) and len(set(lengths.tolist())) > 1  # the case the shortcut is for
-    # keys up to the keep window, as in the lesson models (keep_window_size 2048): past it the float64 twin's
-    # materialised mask is not exact (its softmax runs in float32)
-    model = tiny_model_for(tokenizer, keep_window_size=2048).train()
+    model = tiny_model_for(tokenizer, keep_window_size=2048).train()  # the lesson models' window
     exact_model = float64_copy(model).train()
     weights = torch.linspace(-1.0, 1.0, batch["completion_ids"].numel()).view_as(batch["completion_ids"])
 
@@ -172,6 +171,19 @@ def test_shared_prefix_gives_the_whole_rows_numbers(tokenizer):
     checks += [float32_error_check(f"grad {k}", ours[2][k], whole[2][k], exact[2][k]) for k in exact[2]]
     assert all(c["ok"] for c in checks), failed_checks([c for c in checks if not c["ok"]])
     assert bool((ours[0] != 0).any()) and exact[2]["model.embed_tokens.weight"].abs().max() > 0
+
+
+def test_rows_past_the_keep_window_are_computed_whole(tokenizer, monkeypatch):
+    """Past the window a query keeps its top-k keys by bias, and a repeated token's keys tie: which of them it
+    keeps depends on the column layout, so there completion_logps must not share the prefix."""
+    batch = rollout_batch(tokenizer)
+    width = batch["prompt_ids"].shape[1] + batch["completion_ids"].shape[1]
+    model = tiny_model_for(tokenizer, keep_window_size=width - 1).eval()
+    monkeypatch.setattr(KVCache, "expand_batch", lambda *a: pytest.fail("shared the prefix past the window"))
+    with torch.no_grad():
+        shared, _ = grpo.completion_logps(model, batch, TEMPERATURE)
+        whole, _ = grpo.completion_logps(model, batch, TEMPERATURE, share_prefix=False)
+    assert torch.equal(shared, whole)
 
 
 # ----------------------------------------------------------------------------------------------------------

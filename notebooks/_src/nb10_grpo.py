@@ -6,8 +6,8 @@ cells = [
 md("""
 # Lesson 10 - GRPO: rewards instead of answers
 
-> **Run time**: about 5 minutes (314 s) on the project's 2-core CPU on a day it ran at 0.6x its usual speed,
-> 284 s of it for the 80 GRPO steps. **Uses**: lesson 09's distilled
+> **Run time**: about 5 minutes (295 s) on the project's 2-core CPU (an Intel Xeon), 280 s of it for the 160
+> GRPO steps. **Uses**: lesson 09's distilled
 > student `artifacts/reason_distill/` (0.47M parameters, built on the committed `data/tiny-doge-student/`). A missing
 > one is trained first with lesson 09's settings (`grpo.ensure_reason_distill`), in under a minute.
 > **Writes** `artifacts/grpo/`, the model the evaluation lesson loads.
@@ -245,6 +245,33 @@ print(f"ratios after the perturbation: {ratio.min():.2f} .. {ratio.max():.2f}; "
       f"tokens outside [0.8, 1.28]: {((ratio < 0.8) | (ratio > 1.28)).float().mean():.0%}")
 """),
 md("""
+### One prompt prefix for every row
+
+`token_logps` above runs every row whole. But every prompt here starts with the card's long system prompt: of
+a row's ~248 prompt tokens, the first 225 are the same in all rows, at the same positions (positions count real
+tokens only, so left padding does not move them). Their keys and values are then the same in every row too.
+`grpo.completion_logps` runs that prefix through the model **once**, as one row, and lets every row attend to its
+keys and values (`KVCache.expand_batch`: views, no copies); only the rest of each row - its last ~24 prompt tokens,
+still left padded, and the completion - is computed once per row. Under autograd the single prefix receives the
+summed gradient of all rows, which is what the whole rows would have sent it.
+
+The numbers are the whole rows' up to float32 round-off: a padded key adds exactly zero to a softmax wherever it
+sits (`tests/test_grpo.py` checks log-probs and every parameter's gradient against a float64 evaluation). A round's
+update goes from rows of ~358 tokens to ~133, and on the project's machine from 2.5 s to 0.54 s (Intel Xeon, 64
+completions; sampling them takes another 1.25 s). That is what pays for the rounds of section 7.
+"""),
+code("""
+shared = grpo.shared_prefix_length(batch["prompt_ids"], batch["prompt_mask"])
+print(f"prompt tokens per row: {sorted(set(batch['prompt_mask'].sum(1).tolist()))}, shared by every row: {shared}")
+by_path = {}
+for share in (False, True):
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        by_path[share] = grpo.completion_logps(student, batch, 0.7, share_prefix=share)[0]
+    print(f"{'shared prefix' if share else 'whole rows':14} {1000 * (time.perf_counter() - t0):6.1f} ms")
+print(f"largest log-prob difference: {(by_path[True] - by_path[False]).abs().max():.1e}")
+"""),
+md("""
 ### Four ways to average the token losses
 
 m is the completion-token mask, L = `max_completion_length`:
@@ -312,14 +339,15 @@ print(f"chance (a well-formed reply naming one of the two numbers at random): 50
 md("""
 ## 7. Training
 
-The recipe (`grpo.GRPOSettings` defaults): 80 steps, per step 8 prompts x G = 8 completions, `beta = 0`,
+The recipe (`grpo.GRPOSettings` defaults): 160 steps, per step 8 prompts x G = 8 completions, `beta = 0`,
 `loss_type = "dapo"`, `epsilon = 0.2`, `scale_rewards = "group"`, one iteration per batch, AdamW at a constant
-2e-4 and gradient clipping at 1. (Measured on lesson 09's earlier student, the chat model cut to 3 layers: 5e-4
-for 80 steps gained nothing and cost seven minutes, 1e-4 for 40 steps gained a little less than 2e-4, and 80 steps
-at 2e-4 ended lower than 40. On this student, 40 steps at 2e-4 end at 136 of 240, 4e-4 at 118, and 80 steps at
-2e-4 at 154: the step count was chosen on these same held-out questions, one pick of three, so the lift below is
-a little optimistic. `docs/lesson-models.md` has the runs.) Rewards:
-accuracy + format, weight 1 each. Two choices differ from TRL's defaults, both measured while building this lesson:
+2e-4 and gradient clipping at 1. (Measured on this student, scored on these 240 held-out questions along one run of
+this recipe: 142 right after 40 steps, 147 after 80, 167 after 120, 183 after 160, 186 after 200 and 189 after 240,
+which would take longer than this lesson may. 3e-4 ended at 151 after 160 steps; 16 prompts a step, twice the cost
+of a step, at 172 after 80 and 177 after 120. Earlier, on lesson 09's earlier student, 5e-4 gained nothing and 1e-4
+a little less than 2e-4. The step count was chosen on these same held-out questions, one pick of a few, so the lift
+below is a little optimistic; `docs/lesson-models.md` has the runs.) Rewards: accuracy + format, weight 1 each.
+Two choices differ from TRL's defaults, both measured while building this lesson:
 
 - **`max_completion_length = 112`**: the longest comparison trace has 109 tokens; a tighter limit cuts the trap
   questions' traces (they need the extra "two decimal places" step) before their solution, and a cut-off reply
@@ -388,20 +416,20 @@ print(f"intervals separated (after's lower bound {lo_after:.1%} > before's upper
 """),
 md("""
 What the figures say (the committed run; the printed numbers are the measurement). GRPO lifts the held-out
-accuracy from 42.1% (101/240, 95% CI 36.0-48.4%), below a coin's 50%, to 64.2% (154/240, 57.9-70.0%), and keeps the
-format at 100%. The two intervals are well apart, and on the same questions 67 are right only after GRPO and 14
-only before (sign test p = 2e-9). That is still far from the 90% this lesson aimed at.
+accuracy from 42.1% (101/240, 95% CI 36.0-48.4%), below a coin's 50%, to 76.2% (183/240, 70.5-81.2%), and keeps the
+format at 99.6%. The two intervals are far apart, and on the same questions 86 are right only after GRPO and 4 only
+before (sign test p = 4e-21). That is still short of the 90% this lesson aimed at.
 
 The split by kind says what GRPO changed. Before, the student wrote the equal-whole-parts thought ("The whole parts
 are both 6 ...") for nearly every pair: the trap questions (equal whole parts, the "3.9 or 3.11" kind) were mostly
-right, 87 of 117, the others almost never, 14 of 123, and only 117 of the 240 solutions named exactly one of the
-question's two numbers. After, it writes the short "They are different, so the bigger whole part wins" thought for
-every pair: different whole parts rise to 75 of 123, the traps stay mostly right, 79 of 117, and 166 solutions name
-exactly one of the two numbers. The gain comes from the solutions, not the thoughts: the short branch miscopies
-fewer numbers, and the solution often names the right number even when the thought's last line miscopies one
-("So 6.77 is bigger than 6.7", below). The rewards judge only the solution, so a wrong thought costs nothing: the
-card's own question below is answered right for a wrong reason. (The same recipe cut to 40 steps ended at
-136/240, with the traps down to 62 of 117.)
+right, 87 of 117, the others almost never, 14 of 123, and only 118 of the 240 solutions named exactly one of the
+question's two numbers. After, the traps are right 107 of 117 and the different whole parts 76 of 123, and 185
+solutions name exactly one of the two numbers. What is left is copying, not comparing: of the 57 wrong answers, 55
+name a number that is not exactly one of the question's two (measured on the saved model), and 236 of the 240
+thoughts end in a cut-off number ("So 6.77 is bigger than 6..", below). The rewards judge only the solution, so the
+thought's last line drifts at no cost, and a solution that copies a mangled number is wrong even after a right
+comparison: the card's own question below gets "3.91" greedily. (This run stood at 142 right after 40 steps and 147
+after 80; the previous recipe, 80 steps with whole rows, ended at 154 on an AMD EPYC.)
 
 What else was tried for 90%, on the same 240 questions but from lesson 09's earlier student (the chat model cut to
 3 layers, 1.26M parameters, which this recipe took from 136 to 166 right, 69.2% [63.1, 74.7]), and did *not* get
@@ -417,13 +445,11 @@ there:
   ...") ends at 143 (59.6% [53.3, 65.6]), one that goes digit by digit ("0 = 0, 6 = 6, 8 > 4.") at 156
   (65.0% [58.8, 70.8]).
 
-With this student, longer runs of this recipe do keep gaining (measured on another day, on an Intel Xeon, scored on
-the same 240 questions along one 200-round run): 156 right after 80 rounds, 176 after 120 (73.3% [67.4, 78.5]),
-180 after 160 and 183 after 200 (76.2% [70.5, 81.2]). Still short of 90%, and 200 rounds cost 2.5 times this
-lesson's training time: a round's time goes to sampling (about 2 s for 64 completions) and to the policy's forward
-and backward over rows of about 360 tokens, the first 225 of them the same in every row (the card's system
-prompt). Rounds of 4 prompts instead of 8 cost half as much but stay at 133-135 right from 80 to 200 rounds: the
-gain needs the 8 prompts of a round.
+With this student the rounds are what matters, and section 5's shared prefix is what pays for them: 160 rounds
+now take the time 80 took with whole rows. Along one run of this recipe (the same 240 questions, same machine):
+167 right after 120 rounds, 183 after 160, 186 after 200 and 189 after 240 (78.8% [73.1, 83.5]) - still gaining,
+but by a few answers per 40 rounds, and past this lesson's time. Rounds of 16 prompts (1.8x the cost of a round)
+reach 172 after 80 and 177 after 120, no better for the time; a learning rate of 3e-4 ends at 151 after 160.
 
 GRPO itself works: trained on 16 fixed prompts, it gets 15 of them right within 30 steps. But the same model
 is no better on other questions (28 of 48 other training prompts, 58% [44, 71]; chance 50%). At this size,
@@ -450,9 +476,11 @@ The Doge-160M-Reason-Distill card's usage code on its own question, with our `fr
 
 The card's snippet calls `apply_chat_template` without `add_generation_prompt=True`, so its prompt ends after the
 user's turn, with no assistant header. No lesson trained on that, and the sampled reply skips its thought
-("<|begin_of_solution|> The bigger number is 3.9."). With the header added and the same seed (measured, not run
-here) the model writes its thought, "The whole parts are 3 and 3. They are different ...", and answers 3.9. The
-greedy reply uses the header, like every score in this lesson.
+(it starts with an end-of-solution tag and compares "8.9" with "3.."). With the header added and the same seed
+(measured, not run here) the model writes its thought, "The whole parts are both 3 ... compare 90 and 11
+hundredths", and answers 3.9. The greedy reply below uses the header, like every score in this lesson, and is
+wrong: its thought compares the right way but its last line reads "So 3.91 is bigger than 3..", and the solution
+copies the 3.91 - the copying error of most of the held-out misses above.
 """),
 code("""
 grpo_folder = save_stage(policy, tokenizer, ARTIFACTS_DIR / "grpo", history, settings)
