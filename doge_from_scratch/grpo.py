@@ -224,11 +224,15 @@ def completion_logps(model, batch: Mapping[str, torch.Tensor], temperature: floa
     row is computed b times. The same numbers up to float32 round-off (a masked key adds exactly 0 to a softmax
     either way), and under autograd the prefix gets the summed gradient of all rows. Only for rows that fit in
     the keep window: past it each query keeps the top-k keys by bias, and equal biases (a repeated token's) make
-    which of them it keeps depend on where the columns sit, so longer rows are computed whole.
+    which of them it keeps depend on where the columns sit, so longer rows are computed whole (as is any model
+    that is not this package's ``DogeForCausalLM``).
     """
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
-    fits = prompt_ids.shape[1] + completion_ids.shape[1] <= getattr(model, "module", model).config.keep_window_size
+    policy = getattr(model, "module", model)
+    # ours only: another model (transformers' Doge) returns its own cache type, without expand_batch
+    fits = isinstance(policy, DogeForCausalLM) and (
+        prompt_ids.shape[1] + completion_ids.shape[1] <= policy.config.keep_window_size)
     shared = shared_prefix_length(prompt_ids, prompt_mask) if share_prefix and fits else 0
     cache = None
     if shared:

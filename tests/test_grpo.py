@@ -186,6 +186,23 @@ def test_rows_past_the_keep_window_are_computed_whole(tokenizer, monkeypatch):
     assert torch.equal(shared, whole)
 
 
+
+def test_transformers_models_get_whole_rows(tokenizer):
+    """A transformers Doge (its own cache type) takes the whole-row path, and ours (shared prefix) is no further
+    from the float64 log-probs than it is."""
+    from doge_from_scratch.testing import copy_into_reference, float32_error_check, float64_copy, reference_model
+
+    batch = rollout_batch(tokenizer)
+    ours = tiny_model_for(tokenizer, keep_window_size=2048).eval()
+    theirs = reference_model(ours.config, "eager").eval()
+    copy_into_reference(ours, theirs)
+    with torch.no_grad():
+        mine, _ = grpo.completion_logps(ours, batch, TEMPERATURE)
+        reference, _ = grpo.completion_logps(theirs, batch, TEMPERATURE)
+        exact, _ = grpo.completion_logps(float64_copy(ours), batch, TEMPERATURE, share_prefix=False)
+    check = float32_error_check("log-probs", mine, reference, exact)
+    assert check["ok"], check
+
 # ----------------------------------------------------------------------------------------------------------
 # Parity with TRL 1.16: the same model, prompts, completions and rewards
 # ----------------------------------------------------------------------------------------------------------
