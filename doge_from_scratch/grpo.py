@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .cache import KVCache
 from .data import REASONING_SYSTEM_PROMPT
 from .distill import ensure_reason_distill
 from .generation import chat_replies
@@ -213,6 +214,22 @@ def shared_prefix_length(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) ->
     return int((heads == heads[:1]).all(0).long().cumprod(0).sum())
 
 
+def compute_shared_prefix(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, shared: int
+                          ) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
+    """Run the ``shared`` leading prompt tokens every row has through ``model`` once, as one row.
+
+    -> (its cache, expanded to the b rows; each row's prompt after the prefix [b, R] and its mask, still left
+    padded: the last (length - shared) columns of each row).
+    """
+    start = prompt_ids.shape[1] - int(prompt_mask[0].sum())
+    prefix = prompt_ids[:1, start:start + shared]
+    cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values.expand_batch(len(prompt_ids))
+    rest = prompt_mask.sum(-1) - shared
+    width = int(rest.max())
+    rest_mask = (torch.arange(width)[None, :] >= (width - rest)[:, None]).to(prompt_mask.dtype)
+    return cache, prompt_ids[:, -width:], rest_mask
+
+
 def completion_logps(model, batch: Mapping[str, torch.Tensor], temperature: float = 1.0,
                      with_entropy: bool = False, share_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(o_t | prompt, o_<t) of each completion token under logits / temperature: [b, C] (0 on padding),
@@ -236,15 +253,7 @@ def completion_logps(model, batch: Mapping[str, torch.Tensor], temperature: floa
     shared = shared_prefix_length(prompt_ids, prompt_mask) if share_prefix and fits else 0
     cache = None
     if shared:
-        b = prompt_ids.shape[0]
-        start = prompt_ids.shape[1] - int(prompt_mask[0].sum())
-        prefix = prompt_ids[:1, start:start + shared]
-        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values.expand_batch(b)
-        # each row's prompt after the prefix, still left padded: its last (length - shared) columns
-        rest = prompt_mask.sum(-1) - shared
-        width = int(rest.max())
-        prompt_ids = prompt_ids[:, -width:]
-        prompt_mask = (torch.arange(width)[None, :] >= (width - rest)[:, None]).to(prompt_mask.dtype)
+        cache, prompt_ids, prompt_mask = compute_shared_prefix(model, prompt_ids, prompt_mask, shared)
     ids = torch.cat((prompt_ids, completion_ids), dim=1)
     mask = torch.cat((prompt_mask, completion_mask), dim=1)
     positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)

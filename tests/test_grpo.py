@@ -10,7 +10,8 @@ import torch
 from doge_from_scratch import grpo, rewards
 from doge_from_scratch.cache import KVCache
 from doge_from_scratch.data import REASONING_SYSTEM_PROMPT
-from doge_from_scratch.testing import tiny_model_for
+from doge_from_scratch.testing import (copy_into_reference, failed_checks, float32_error_check, float64_copy,
+                                       reference_model, tiny_model_for)
 from doge_from_scratch.train_utils import trl_ready
 
 BT, ET, BS, ES = rewards.TAGS
@@ -149,8 +150,6 @@ def rollout_batch(tokenizer, n_rows: int = 6):
 def test_shared_prefix_gives_the_whole_rows_numbers(tokenizer):
     """Log-probs, entropies and the gradient of a loss on them, shared prefix vs whole rows, in float32 against
     float64 (the whole-row path, which the TRL parity tests check, is the reference's error)."""
-    from doge_from_scratch.testing import failed_checks, float32_error_check, float64_copy
-
     batch = rollout_batch(tokenizer)
     shared = grpo.shared_prefix_length(batch["prompt_ids"], batch["prompt_mask"])
     lengths = batch["prompt_mask"].sum(-1)
@@ -186,12 +185,9 @@ def test_rows_past_the_keep_window_are_computed_whole(tokenizer, monkeypatch):
     assert torch.equal(shared, whole)
 
 
-
 def test_transformers_models_get_whole_rows(tokenizer):
     """A transformers Doge (its own cache type) takes the whole-row path, and ours (shared prefix) is no further
     from the float64 log-probs than it is."""
-    from doge_from_scratch.testing import copy_into_reference, float32_error_check, float64_copy, reference_model
-
     batch = rollout_batch(tokenizer)
     ours = tiny_model_for(tokenizer, keep_window_size=2048).eval()
     theirs = reference_model(ours.config, "eager").eval()
@@ -202,6 +198,7 @@ def test_transformers_models_get_whole_rows(tokenizer):
         exact, _ = grpo.completion_logps(float64_copy(ours), batch, TEMPERATURE, share_prefix=False)
     check = float32_error_check("log-probs", mine, reference, exact)
     assert check["ok"], check
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Parity with TRL 1.16: the same model, prompts, completions and rewards
