@@ -62,6 +62,25 @@ class KVCache:
         return len(self.keys)
 
 
+def shared_prefix_length(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
+    """How many leading tokens all rows' prompts share. prompt_ids, prompt_mask: [b, P], left padded.
+
+    At most the shortest prompt's length - 1, so that every row keeps a prompt token of its own (the one whose
+    logits predict the first completion token). 0 for a single row or a mask that is not left padding.
+    """
+    b, width = prompt_ids.shape
+    lengths = prompt_mask.sum(-1)
+    shortest = int(lengths.min()) if b else 0
+    if b < 2 or shortest < 2:
+        return 0
+    starts = width - lengths
+    columns = torch.arange(width, device=prompt_ids.device)
+    if not torch.equal(prompt_mask.bool(), columns[None, :] >= starts[:, None]):
+        return 0
+    heads = prompt_ids.gather(1, starts[:, None] + columns[None, :shortest - 1])
+    return int((heads == heads[:1]).all(0).long().cumprod(0).sum())
+
+
 class StaticKVCache:
     """Preallocated keys/values: per layer one [B, n_kv, max_length, d] buffer each, filled left to right.
 

@@ -41,7 +41,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .attention import (attend_bias_in_qk, attend_materialised, causal_padding_mask, dynamic_mask, key_bias,
                         repeat_kv)
-from .cache import StaticKVCache
+from .cache import StaticKVCache, shared_prefix_length
 from .int8 import Int8Weight, linear, quantise
 from .layers import rms_norm, rotate
 from .model import DogeForCausalLM
@@ -50,6 +50,8 @@ from .moe import ACT_FNS, route_tokens, routed_experts
 WEIGHTS = ("float", "int8")
 # the matrices int8 decoding stores as int8: every weight read per token but the tiny dt_proj and the MoE tables
 INT8_MATRICES = ("qkv", "o", "gate_up", "down")
+# a batched prefill computes a prompt prefix every row shares once, from this many tokens on (FastStepper.prefill)
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass
@@ -176,6 +178,7 @@ class FastDoge:
         self.neg = torch.finfo(self.dtype).min
         self.layer_args = [layer_arguments(layer) for layer in self.layers]
         self.compiled = compile
+        self.share_prefix = True  # see FastStepper.shared_prefix
         self._layer_impl = self._decode_layer
         self._step_impl = self._decode_step
         if compile == "layer":
@@ -382,8 +385,57 @@ class FastStepper:
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 position_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask (None: unpadded), position_ids: [B, T], left padded -> last logits [B, V]."""
         self.padded = attention_mask is not None
+        shared = self.shared_prefix(input_ids, attention_mask)
+        if shared:
+            return self._prefill_shared(input_ids, attention_mask, position_ids, shared)
         return self.fast.forward_tokens(self, input_ids, position_ids, attention_mask)
+
+    def shared_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> int:
+        """How many leading prompt tokens the prefill computes once for all rows (0: none).
+
+        Only for native attention while the whole generation fits in the keep window: there every query sees every
+        real key, so moving the padding from before the prefix to after it changes nothing but round-off. Past the
+        window a query keeps its top-k keys by bias, and equal biases (a repeated token) make that choice depend on
+        the columns' order. Nor for a MoE routed the reference's way: its router scores mix the halves of different
+        tokens of the batch (``moe.split_router_logits``), so a token's experts depend on the whole prefill's layout.
+        Short prefixes are not worth the extra pass.
+        """
+        fast = self.fast
+        mixes_tokens = fast.is_moe and fast.router_split == "reference"
+        if (not fast.share_prefix or fast.classic or mixes_tokens or input_ids.shape[0] < 2
+                or self.max_length > fast.keep_window_size):
+            return 0
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        shared = shared_prefix_length(input_ids, mask)
+        return shared if shared >= MIN_SHARED_PREFIX else 0
+
+    def _prefill_shared(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                        position_ids: torch.Tensor, shared: int) -> torch.Tensor:
+        """Prefill whose first ``shared`` real tokens (the same in every row) run once, as one row.
+
+        The cache then holds [prefix | padding | each row's rest]: the prefix's keys, values and biases are copied
+        into every row, and the rest of each prompt (left padded after the prefix) is prefilled on top of them.
+        Positions are the real tokens' own, so every later step sees the keys it would have seen.
+        """
+        b, t = input_ids.shape
+        lengths = attention_mask.sum(-1) if attention_mask is not None else torch.full((b,), t)
+        start = t - int(lengths[0])
+        one = FastStepper(self.fast, 1, shared)
+        self.fast.forward_tokens(one, input_ids[:1, start:start + shared], position_ids[:1, start:start + shared],
+                                 None)
+        for layer in range(len(self.keys)):
+            self.keys[layer][:, :, :shared] = one.keys[layer][:, :, :shared]
+            self.values[layer][:, :, :shared] = one.values[layer][:, :, :shared]
+            self.bias[layer][:, :, :shared] = one.bias[layer]
+        self.cache.mark_filled(shared)
+        width = t - shared  # the longest row's rest; shorter rows' rests are left padded to it
+        columns = torch.arange(width, device=input_ids.device)
+        rest_mask = (columns[None, :] >= (width - (lengths - shared))[:, None]).to(torch.long)
+        mask = torch.cat((rest_mask.new_ones(b, shared), rest_mask), dim=1)
+        self.padded = True
+        return self.fast.forward_tokens(self, input_ids[:, shared:], position_ids[:, shared:], mask)
 
     def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None,
              position_ids: torch.Tensor) -> torch.Tensor:

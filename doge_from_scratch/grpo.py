@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .cache import KVCache
+from .cache import KVCache, shared_prefix_length
 from .data import REASONING_SYSTEM_PROMPT
 from .distill import ensure_reason_distill
 from .generation import chat_replies
@@ -194,24 +194,6 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards:
 # ----------------------------------------------------------------------------------------------------------
 # 4-5. Per-token log-probs and the clipped objective
 # ----------------------------------------------------------------------------------------------------------
-
-
-def shared_prefix_length(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
-    """How many leading tokens all rows' prompts share. prompt_ids, prompt_mask: [b, P], left padded.
-
-    At most the shortest prompt's length - 1, so that every row keeps a prompt token of its own (the one whose
-    logits predict the first completion token). 0 for a single row or a mask that is not left padding.
-    """
-    b, width = prompt_ids.shape
-    lengths = prompt_mask.sum(-1)
-    shortest = int(lengths.min()) if b else 0
-    if b < 2 or shortest < 2:
-        return 0
-    starts = width - lengths
-    if not torch.equal(prompt_mask.bool(), torch.arange(width)[None, :] >= starts[:, None]):
-        return 0
-    heads = prompt_ids.gather(1, starts[:, None] + torch.arange(shortest - 1)[None, :])
-    return int((heads == heads[:1]).all(0).long().cumprod(0).sum())
 
 
 def compute_shared_prefix(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, shared: int

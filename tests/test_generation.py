@@ -9,8 +9,8 @@ from transformers.generation.logits_process import (RepetitionPenaltyLogitsProce
 from doge_from_scratch import DogeForCausalLM
 from doge_from_scratch.fast_decode import FastDoge
 from doge_from_scratch.generation import (CallbackStreamer, GenerationConfig, ModelStepper, TextIteratorStreamer,
-                                          TextStreamer, apply_repetition_penalty, generate, top_k_filter,
-                                          top_p_filter)
+                                          TextStreamer, apply_repetition_penalty, generate, left_padding_positions,
+                                          top_k_filter, top_p_filter)
 from doge_from_scratch.testing import (failed_checks, float32_error_check, float64_copy,
                                        greedy_agreement, model_and_reference, randomize_, tiny_config)
 
@@ -201,6 +201,66 @@ def test_fast_decoder_logits_equal_model_at_every_step(overrides, record_check):
     for c in checks:
         record_check(c)
     assert all(c["ok"] for c in checks), failed_checks(checks)
+
+
+def shared_prefix_batch(prefix_length=20, rests=(5, 1, 9), seed=3):
+    """Three left-padded prompts that start with the same ``prefix_length`` tokens. -> ids, mask [3, T]"""
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(3, 97, (prefix_length,), generator=g)
+    rows = [torch.cat((prefix, torch.randint(3, 97, (n,), generator=g))) for n in rests]
+    width = max(map(len, rows))
+    ids, mask = torch.zeros(len(rows), width, dtype=torch.long), torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("overrides", [DENSE, dict(MOE, moe_router_split="per_token")], ids=["dense", "moe-per-token"])
+@torch.no_grad()
+def test_fast_decoder_shared_prefix_equals_whole_rows(overrides, record_check):
+    """The fast prefill runs a prefix every row shares once; its logits at the prefill and at every later step
+    against the teaching model on whole rows, both judged by their distance to the float64 model."""
+    ours, _ = make_pair(**overrides)
+    ids, mask = shared_prefix_batch()
+    length = ids.shape[1] + 20
+    fast = FastDoge(ours).make_stepper(3, length)
+    assert fast.shared_prefix(ids, mask) == 20
+    plain, exact = ModelStepper(ours, 3, length, "static"), ModelStepper(float64_copy(ours), 3, length, "static")
+    positions = left_padding_positions(mask)
+    a, b, e = (s.prefill(ids, mask, positions) for s in (plain, fast, exact))
+    checks = [float32_error_check(f"shared prefix {overrides} prefill", b, a, e)]
+    position = positions[:, -1]
+    for step in range(20):
+        token, mask, position = e.argmax(-1), torch.cat((mask, torch.ones(3, 1, dtype=torch.long)), 1), position + 1
+        a, b, e = (s.step(token, mask, position) for s in (plain, fast, exact))
+        checks.append(float32_error_check(f"shared prefix {overrides} step {step}", b, a, e))
+    for c in checks:
+        record_check(c)
+    assert all(c["ok"] for c in checks), failed_checks(checks)
+
+
+def test_shared_prefix_only_inside_the_keep_window_and_for_native_attention():
+    ids, mask = shared_prefix_batch()
+    ours, _ = make_pair()
+    assert FastDoge(ours).make_stepper(3, ids.shape[1] + 4).shared_prefix(ids, mask) == 20
+    assert FastDoge(ours).make_stepper(1, ids.shape[1] + 4).shared_prefix(ids[:1], mask[:1]) == 0
+    assert FastDoge(ours).make_stepper(3, ids.shape[1] + 4).shared_prefix(*shared_prefix_batch(8)) == 0  # too short
+    narrow, _ = make_pair(keep_window_size=ids.shape[1] + 3)  # the generation would outgrow the window
+    assert FastDoge(narrow).make_stepper(3, ids.shape[1] + 4).shared_prefix(ids, mask) == 0
+    classic = DogeForCausalLM(tiny_config(attention_variant="classic"))
+    assert FastDoge(classic).make_stepper(3, ids.shape[1] + 4).shared_prefix(ids, mask) == 0
+    mixing, _ = make_pair(**MOE)  # the reference's router split mixes the batch's tokens
+    assert FastDoge(mixing).make_stepper(3, ids.shape[1] + 4).shared_prefix(ids, mask) == 0
+
+
+def test_generate_with_a_shared_prefix_equals_transformers():
+    ours, reference = make_pair()
+    ids, mask = shared_prefix_batch()
+    fast = FastDoge(ours)
+    shared = generate(fast, ids, mask, max_new_tokens=30)
+    expected = reference_generate(reference, ids, attention_mask=mask, max_new_tokens=30, do_sample=False)
+    ok, why = greedy_agreement(shared, expected, float64_copy(ours))
+    assert ok, why
 
 
 @torch.no_grad()
