@@ -284,9 +284,10 @@ class GRPOSettings(OptimizerSettings):
     """GRPO knobs with TRL 1.16's names; defaults are lesson 10's recipe (TRL's own defaults noted)."""
 
     lr: float = 2e-4                # TRL 1e-6 (for billion-parameter models)
-    steps: int = 160                # generation rounds (optimizer steps = steps * num_iterations); lesson 09's
-                                    # own-base student, 240 held-out comparisons: 142 right after 40, 147 after 80,
-                                    # 183 after 160, 186 after 200 (Intel Xeon; docs/lesson-models.md)
+    steps: int = 120                # generation rounds (optimizer steps = steps * num_iterations); lesson 09's
+                                    # own-base student, 240 held-out comparisons, after 80 / 120 / 160 rounds:
+                                    # 147 / 167 / 183 right (Intel Xeon), 143 / 158 / 156 (AMD EPYC, where a round
+                                    # takes 2.5 s and 160 rounds would not fit the lesson's 6 minutes)
     prompts_per_step: int = 8
     num_generations: int = 8        # G, TRL 8
     micro_batch: int = 32           # completions per forward/backward (per process)
