@@ -6,8 +6,8 @@ cells = [
 md("""
 # Lesson 10 - GRPO: rewards instead of answers
 
-> **Run time**: about 5 minutes (295 s) on the project's 2-core CPU (an Intel Xeon), 280 s of it for the 160
-> GRPO steps. **Uses**: lesson 09's distilled
+> **Run time**: about 6 minutes (347 s) on the project's 2-core CPU (an AMD EPYC, on a day it ran lesson 09 at
+> about 0.6x its usual speed), 326 s of it for the 120 GRPO steps. **Uses**: lesson 09's distilled
 > student `artifacts/reason_distill/` (0.47M parameters, built on the committed `data/tiny-doge-student/`). A missing
 > one is trained first with lesson 09's settings (`grpo.ensure_reason_distill`), in under a minute.
 > **Writes** `artifacts/grpo/`, the model the evaluation lesson loads.
@@ -342,12 +342,15 @@ print(f"chance (a well-formed reply naming one of the two numbers at random): 50
 md("""
 ## 7. Training
 
-The recipe (`grpo.GRPOSettings` defaults): 160 steps, per step 8 prompts x G = 8 completions, `beta = 0`,
+The recipe (`grpo.GRPOSettings` defaults): 120 steps, per step 8 prompts x G = 8 completions, `beta = 0`,
 `loss_type = "dapo"`, `epsilon = 0.2`, `scale_rewards = "group"`, one iteration per batch, AdamW at a constant
-2e-4 and gradient clipping at 1. (Measured on this student, scored on these 240 held-out questions along one run of
-this recipe: 142 right after 40 steps, 147 after 80, 167 after 120, 183 after 160, 186 after 200 and 189 after 240,
-which would take longer than this lesson may. 3e-4 ended at 151 after 160 steps; 16 prompts a step, twice the cost
-of a step, at 172 after 80 and 177 after 120. Earlier, on lesson 09's earlier student, 5e-4 gained nothing and 1e-4
+2e-4 and gradient clipping at 1. (Measured on this student, scored on these 240 held-out questions along runs of
+this recipe: on an Intel Xeon 142 right after 40 steps, 147 after 80, 167 after 120, 183 after 160 and 189 after
+240; on an AMD EPYC 136, 143, 158 and 156 after 40, 80, 120 and 160. The same recipe ends tens of answers apart
+on two machines: float round-off differs between their CPUs, and 120 rounds of sampling carry it into different
+completions. 160 rounds would take about 430 s on the AMD EPYC, more than this lesson may. A learning rate of 3e-4
+ended at 151 after 160 steps; 16 prompts a step, twice the cost of a step, at 172 after 80 and 177 after 120;
+temperature 1.0 at 161 after 160 (AMD). Earlier, on lesson 09's earlier student, 5e-4 gained nothing and 1e-4
 a little less than 2e-4. The step count was chosen on these same held-out questions, one pick of a few, so the lift
 below is a little optimistic; `docs/lesson-models.md` has the runs.) Rewards: accuracy + format, weight 1 each.
 Two choices differ from TRL's defaults, both measured while building this lesson:
@@ -418,21 +421,23 @@ print(f"intervals separated (after's lower bound {lo_after:.1%} > before's upper
       lo_after > hi_before)
 """),
 md("""
-What the figures say (the committed run; the printed numbers are the measurement). GRPO lifts the held-out
-accuracy from 42.1% (101/240, 95% CI 36.0-48.4%), below a coin's 50%, to 76.2% (183/240, 70.5-81.2%), and keeps the
-format at 99.6%. The two intervals are far apart, and on the same questions 86 are right only after GRPO and 4 only
-before (sign test p = 4e-21). That is still short of the 90% this lesson aimed at.
+What the figures say (the committed run, on an AMD EPYC; the printed numbers are the measurement). GRPO lifts the
+held-out accuracy from 42.1% (101/240, 95% CI 36.0-48.4%), below a coin's 50%, to 65.8% (158/240, 59.6-71.5%), and
+keeps the format at 100%. The two intervals are apart, and on the same questions 79 are right only after GRPO and
+22 only before (sign test p = 1e-8). That is far short of the 90% this lesson aimed at. (On an Intel Xeon the same
+recipe stood at 167 after 120 rounds and 183 after 160: see section 7 on why one recipe lands apart on two CPUs.)
 
 The split by kind says what GRPO changed. Before, the student wrote the equal-whole-parts thought ("The whole parts
 are both 6 ...") for nearly every pair: the trap questions (equal whole parts, the "3.9 or 3.11" kind) were mostly
-right, 87 of 117, the others almost never, 14 of 123, and only 118 of the 240 solutions named exactly one of the
-question's two numbers. After, the traps are right 107 of 117 and the different whole parts 76 of 123, and 185
-solutions name exactly one of the two numbers. What is left is copying, not comparing: of the 57 wrong answers, 55
-name a number that is not exactly one of the question's two (measured on the saved model), and 236 of the 240
-thoughts end in a cut-off number ("So 6.77 is bigger than 6..", below). The rewards judge only the solution, so the
-thought's last line drifts at no cost, and a solution that copies a mangled number is wrong even after a right
-comparison: the card's own question below gets "3.91" greedily. (This run stood at 142 right after 40 steps and 147
-after 80; the previous recipe, 80 steps with whole rows, ended at 154 on an AMD EPYC.)
+right, 87 of 117, the others almost never, 14 of 123, and only 117 of the 240 solutions named exactly one of the
+question's two numbers. After, the different whole parts are right 71 of 123 and the traps still 87 of 117, and 171
+solutions name exactly one of the two numbers. **The thoughts no longer mean what they say**: the model now writes
+"The whole parts are 7 and 7. They are different" on 115 of the 117 traps, 238 of the 240 thoughts hold a stuttered
+"SoSo", and 166 end in a line that does not name the question's two numbers ("So 7.5 is bigger than 7...", below;
+measured on the saved model). The rewards judge only the solution, so the thought drifts at no cost, and the
+solutions were learnt around it. Of the 82 wrong answers, 69 name a number that is not exactly one of the question's
+two: copying, more than comparing, is what is left. (The previous recipe, 160 rounds on an Intel Xeon, ended at
+183 = 76.2% with the same drift.)
 
 What else was tried for 90%, on the same 240 questions but from lesson 09's earlier student (the chat model cut to
 3 layers, 1.26M parameters, which this recipe took from 136 to 166 right, 69.2% [63.1, 74.7]), and did *not* get
@@ -448,11 +453,14 @@ there:
   ...") ends at 143 (59.6% [53.3, 65.6]), one that goes digit by digit ("0 = 0, 6 = 6, 8 > 4.") at 156
   (65.0% [58.8, 70.8]).
 
-With this student the rounds are what matters, and section 5's shared prefix is what pays for them: 160 rounds
-now take the time 80 took with whole rows. Along one run of this recipe (the same 240 questions, same machine):
-167 right after 120 rounds, 183 after 160, 186 after 200 and 189 after 240 (78.8% [73.1, 83.5]) - still gaining,
-but by a few answers per 40 rounds, and past this lesson's time. Rounds of 16 prompts (1.8x the cost of a round)
-reach 172 after 80 and 177 after 120, no better for the time; a learning rate of 3e-4 ends at 151 after 160.
+With this student the rounds are what matters, and section 5's shared prefix is what pays for them: 120 rounds
+now take less time than 80 took with whole rows. Along one run of this recipe on an Intel Xeon (the same 240
+questions): 167 right after 120 rounds, 183 after 160, 186 after 200 and 189 after 240 (78.8% [73.1, 83.5]) - still
+gaining, but by a few answers per 40 rounds, and past this lesson's time; on an AMD EPYC the run flattened at 120
+(158, then 156 after 160). Rounds of 16 prompts (1.8x the cost of a round) reach 172 after 80 and 177 after 120, no
+better for the time; a learning rate of 3e-4 ends at 151 after 160; a third reward for a thought whose last line
+names the question's two numbers and a solution that names one of them (half a point each) ends at 147 after 160,
+and a cosine decay of the learning rate to a tenth at 153 (AMD).
 
 GRPO itself works: trained on 16 fixed prompts, it gets 15 of them right within 30 steps. But the same model
 is no better on other questions (28 of 48 other training prompts, 58% [44, 71]; chance 50%). At this size,
@@ -478,12 +486,12 @@ The Doge-160M-Reason-Distill card's usage code on its own question, with our `fr
 `artifacts/grpo` (the evaluation lesson loads it from there). Then greedy, the way the held-out questions were scored.
 
 The card's snippet calls `apply_chat_template` without `add_generation_prompt=True`, so its prompt ends after the
-user's turn, with no assistant header. No lesson trained on that, and the sampled reply skips its thought
-(it starts with an end-of-solution tag and compares "8.9" with "3.."). With the header added and the same seed
-(measured, not run here) the model writes its thought, "The whole parts are both 3 ... compare 90 and 11
-hundredths", and answers 3.9. The greedy reply below uses the header, like every score in this lesson, and is
-wrong: its thought compares the right way but its last line reads "So 3.91 is bigger than 3..", and the solution
-copies the 3.91 - the copying error of most of the held-out misses above.
+user's turn, with no assistant header. No lesson trained on that, and the sampled reply skips its thought: it
+starts with an end-of-solution tag, then says "The bigger number is 3.9." - not a well-formed reply. With the
+header added and the same seed (measured, not run here) it writes the same reply as the greedy one below. That one
+uses the header, like every score in this lesson, and its answer is **right, for a wrong reason**: its thought says
+the whole parts "3 and 3" are different and ends "So 3.9 is bigger than 3.91", the drift described in section 8.
+The answer is what the rewards paid for; the thought is not.
 """),
 code("""
 grpo_folder = save_stage(policy, tokenizer, ARTIFACTS_DIR / "grpo", history, settings)
