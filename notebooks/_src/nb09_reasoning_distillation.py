@@ -10,7 +10,7 @@ md("""
 # Lesson 09 - Reasoning distillation: sequence-level and logit-level
 
 > **Run time**: about 5 minutes on the project's 2-core CPU (567 s on a day it trained the teacher in 98 s
-> against a usual 56 s). **Uses**:
+> against a usual 56 s, 57 s of them training a missing lesson-07 model). **Uses**:
 > lesson 07's SFT model `artifacts/sft/` (built on the committed `data/tiny-doge/`; a missing one is trained
 > first, in about a minute) and the student's own pretrained base, the committed `data/tiny-doge-student/`.
 
