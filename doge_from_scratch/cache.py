@@ -81,6 +81,19 @@ def shared_prefix_length(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) ->
     return int((heads == heads[:1]).all(0).long().cumprod(0).sum())
 
 
+def split_shared_prefix(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, shared: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded prompts [b, P] whose first ``shared`` real tokens are the same in every row
+    (``shared_prefix_length``) -> (that prefix [1, shared]; each row's rest [b, R], its last R columns, still left
+    padded; the rest's mask [b, R])."""
+    start = prompt_ids.shape[1] - int(prompt_mask[0].sum())
+    rest = prompt_mask.sum(-1) - shared
+    width = int(rest.max())
+    columns = torch.arange(width, device=prompt_ids.device)
+    rest_mask = (columns[None, :] >= (width - rest)[:, None]).to(prompt_mask.dtype)
+    return prompt_ids[:1, start:start + shared], prompt_ids[:, -width:], rest_mask
+
+
 class StaticKVCache:
     """Preallocated keys/values: per layer one [B, n_kv, max_length, d] buffer each, filled left to right.
 

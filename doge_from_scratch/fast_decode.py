@@ -41,7 +41,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .attention import (attend_bias_in_qk, attend_materialised, causal_padding_mask, dynamic_mask, key_bias,
                         repeat_kv)
-from .cache import StaticKVCache, shared_prefix_length
+from .cache import StaticKVCache, shared_prefix_length, split_shared_prefix
 from .int8 import Int8Weight, linear, quantise
 from .layers import rms_norm, rotate
 from .model import DogeForCausalLM
@@ -357,6 +357,10 @@ class FastDoge:
         return routed_experts(h, weights, experts, down_embed, up_embed, self.act_fn)
 
 
+def _mask_or_ones(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    return attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+
+
 class FastStepper:
     """Per-call state of a ``FastDoge`` decode: the teaching model's ``StaticKVCache`` for keys and values,
     and a preallocated bias row per layer."""
@@ -407,8 +411,7 @@ class FastStepper:
         if (not fast.share_prefix or fast.classic or mixes_tokens or input_ids.shape[0] < 2
                 or self.max_length > fast.keep_window_size):
             return 0
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        shared = shared_prefix_length(input_ids, mask)
+        shared = shared_prefix_length(input_ids, _mask_or_ones(input_ids, attention_mask))
         return shared if shared >= MIN_SHARED_PREFIX else 0
 
     def _prefill_shared(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -419,23 +422,18 @@ class FastStepper:
         into every row, and the rest of each prompt (left padded after the prefix) is prefilled on top of them.
         Positions are the real tokens' own, so every later step sees the keys it would have seen.
         """
-        b, t = input_ids.shape
-        lengths = attention_mask.sum(-1) if attention_mask is not None else torch.full((b,), t)
-        start = t - int(lengths[0])
+        prefix, rest, rest_mask = split_shared_prefix(input_ids, _mask_or_ones(input_ids, attention_mask), shared)
         one = FastStepper(self.fast, 1, shared)
-        self.fast.forward_tokens(one, input_ids[:1, start:start + shared], position_ids[:1, start:start + shared],
-                                 None)
+        # a prefix's positions are 0 .. shared - 1 in every row: positions count real tokens only
+        self.fast.forward_tokens(one, prefix, torch.arange(shared, device=prefix.device)[None], None)
         for layer in range(len(self.keys)):
-            self.keys[layer][:, :, :shared] = one.keys[layer][:, :, :shared]
-            self.values[layer][:, :, :shared] = one.values[layer][:, :, :shared]
+            self.keys[layer][:, :, :shared] = one.keys[layer]
+            self.values[layer][:, :, :shared] = one.values[layer]
             self.bias[layer][:, :, :shared] = one.bias[layer]
         self.cache.mark_filled(shared)
-        width = t - shared  # the longest row's rest; shorter rows' rests are left padded to it
-        columns = torch.arange(width, device=input_ids.device)
-        rest_mask = (columns[None, :] >= (width - (lengths - shared))[:, None]).to(torch.long)
-        mask = torch.cat((rest_mask.new_ones(b, shared), rest_mask), dim=1)
+        mask = torch.cat((rest_mask.new_ones(rest.shape[0], shared), rest_mask), dim=1)
         self.padded = True
-        return self.fast.forward_tokens(self, input_ids[:, shared:], position_ids[:, shared:], mask)
+        return self.fast.forward_tokens(self, rest, position_ids[:, -rest.shape[1]:], mask)
 
     def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None,
              position_ids: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .cache import KVCache, shared_prefix_length
+from .cache import KVCache, shared_prefix_length, split_shared_prefix
 from .data import REASONING_SYSTEM_PROMPT
 from .distill import ensure_reason_distill
 from .generation import chat_replies
@@ -203,13 +203,9 @@ def compute_shared_prefix(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
     -> (its cache, expanded to the b rows; each row's prompt after the prefix [b, R] and its mask, still left
     padded: the last (length - shared) columns of each row).
     """
-    start = prompt_ids.shape[1] - int(prompt_mask[0].sum())
-    prefix = prompt_ids[:1, start:start + shared]
+    prefix, rest, rest_mask = split_shared_prefix(prompt_ids, prompt_mask, shared)
     cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values.expand_batch(len(prompt_ids))
-    rest = prompt_mask.sum(-1) - shared
-    width = int(rest.max())
-    rest_mask = (torch.arange(width)[None, :] >= (width - rest)[:, None]).to(prompt_mask.dtype)
-    return cache, prompt_ids[:, -width:], rest_mask
+    return cache, rest, rest_mask
 
 
 def completion_logps(model, batch: Mapping[str, torch.Tensor], temperature: float = 1.0,
@@ -287,7 +283,7 @@ class GRPOSettings(OptimizerSettings):
     steps: int = 120                # generation rounds (optimizer steps = steps * num_iterations); lesson 09's
                                     # own-base student, 240 held-out comparisons, after 80 / 120 / 160 rounds:
                                     # 147 / 167 / 183 right (Intel Xeon), 143 / 158 / 156 (AMD EPYC, where a round
-                                    # takes 2.5 s and 160 rounds would not fit the lesson's 6 minutes)
+                                    # took 2.7 s and 160 rounds would not fit the lesson's 6 minutes)
     prompts_per_step: int = 8
     num_generations: int = 8        # G, TRL 8
     micro_batch: int = 32           # completions per forward/backward (per process)
