@@ -12,8 +12,9 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
-# idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning threads slow every other process
-export OMP_WAIT_POLICY := PASSIVE
+# OMP_WAIT_POLICY is left at OpenMP's default (a waiting thread spins briefly, then sleeps). PASSIVE, set here
+# until 2026-12-04, made every parallel operation wake a sleeping thread: on a quiet 2-core AMD EPYC a GRPO round
+# took 1.7x as long, a training step 1.33x and an int8 decode step 3x (docs/benchmarks.md, "OpenMP's wait policy").
 
 # the lessons in order, then the exercise solutions (each runs in seconds; they import no lesson artefacts)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) $(sort $(wildcard notebooks/solutions/[0-9][0-9]_*.ipynb))

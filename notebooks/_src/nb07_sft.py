@@ -6,7 +6,7 @@ cells = [
 md("""
 # Lesson 07 - Supervised fine-tuning: from a text predictor to a chat model
 
-> **Run time**: about 60 s on the project's 2-core CPU (120 s on a slow day). **Uses**: the committed
+> **Run time**: about 80 s on the project's 2-core CPU (77 s on an AMD EPYC on 2026-12-04). **Uses**: the committed
 > `data/tiny-doge/`, lesson 06's pretraining recipe run to its full 1400 steps.
 
 The pretrained Doge of lesson 06 continues text. Doge-*-Instruct answer questions in turns. The model card says
@@ -28,12 +28,6 @@ and the training recipe (TRL's `SFTTrainer`) adds: **packing**, a **cosine sched
    norm - and what it took for our model to run inside TRL at all.
 """),
 code("""
-import os
-
-# On a shared machine, OpenMP threads that spin while they wait starve each other (we measured 20x slower
-# training with 2 busy-waiting threads beside other jobs); sleeping waits cost nothing on an idle machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import copy
 import json
 import time

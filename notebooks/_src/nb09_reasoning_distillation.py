@@ -9,8 +9,8 @@ cells = [
 md("""
 # Lesson 09 - Reasoning distillation: sequence-level and logit-level
 
-> **Run time**: about 5 minutes on the project's 2-core CPU (567 s on a day it trained the teacher in 98 s
-> against a usual 56 s, 57 s of them training a missing lesson-07 model). **Uses**:
+> **Run time**: about 4-5 minutes on the project's 2-core CPU (261 s on an AMD EPYC on 2026-12-04; a missing
+> lesson-07 model adds about 40 s). **Uses**:
 > lesson 07's SFT model `artifacts/sft/` (built on the committed `data/tiny-doge/`; a missing one is trained
 > first, in about a minute) and the student's own pretrained base, the committed `data/tiny-doge-student/`.
 
@@ -35,12 +35,6 @@ questions (the cards' "3.9 or 3.11" decimal comparison among them). Last, the ca
 the distilled student.
 """),
 code("""
-import os
-
-# On a shared machine, OpenMP threads that spin while they wait starve each other (we measured 20x slower
-# training with 2 busy-waiting threads beside other jobs); sleeping waits cost nothing on an idle machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import copy
 import math
 import time

@@ -6,8 +6,8 @@ cells = [
 md("""
 # Lesson 10 - GRPO: rewards instead of answers
 
-> **Run time**: about 6 minutes (347 s) on the project's 2-core CPU (an AMD EPYC, on a day it ran lesson 09 at
-> about 0.6x its usual speed), 326 s of it for the 120 GRPO steps. **Uses**: lesson 09's distilled
+> **Run time**: about 3 minutes (181 s) on the project's 2-core CPU (an AMD EPYC, 2026-12-04), 169 s of it for the
+> 120 GRPO steps. **Uses**: lesson 09's distilled
 > student `artifacts/reason_distill/` (0.47M parameters, built on the committed `data/tiny-doge-student/`). A missing
 > one is trained first with lesson 09's settings (`grpo.ensure_reason_distill`), in under a minute.
 > **Writes** `artifacts/grpo/`, the model the evaluation lesson loads.
@@ -40,12 +40,6 @@ same loss, advantages, rewards, clip ratios and KL as ours on the same completio
 0.05, one and two iterations), and `tests/test_ddp.py` that two processes train exactly like one.
 """),
 code("""
-import os
-
-# On a shared machine, OpenMP threads that spin while they wait starve each other (we measured 20x slower
-# training with 2 busy-waiting threads beside other jobs); sleeping waits cost nothing on an idle machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import copy
 import time
 import warnings
@@ -348,7 +342,7 @@ The recipe (`grpo.GRPOSettings` defaults): 120 steps, per step 8 prompts x G = 8
 this recipe: on an Intel Xeon 142 right after 40 steps, 147 after 80, 167 after 120, 183 after 160 and 189 after
 240; on an AMD EPYC 136, 143, 158 and 156 after 40, 80, 120 and 160. The same recipe ends tens of answers apart
 on two machines: float round-off differs between their CPUs, and 120 rounds of sampling carry it into different
-completions. 160 rounds would take about 430 s on the AMD EPYC, more than this lesson may. A learning rate of 3e-4
+completions. A learning rate of 3e-4
 ended at 151 after 160 steps; 16 prompts a step, twice the cost of a step, at 172 after 80 and 177 after 120;
 temperature 1.0 at 161 after 160 (AMD). Earlier, on lesson 09's earlier student, 5e-4 gained nothing and 1e-4
 a little less than 2e-4. The step count was chosen on these same held-out questions, one pick of a few, so the lift

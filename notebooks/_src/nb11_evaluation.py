@@ -6,7 +6,7 @@ cells = [
 md("""
 # Lesson 11 - Evaluation: the model cards' benchmark method, equal to lm-evaluation-harness
 
-> **Run time**: about 1-2 minutes on the project's 2-core CPU (124 s on a slow day). **Uses**: the committed
+> **Run time**: about 1 minute on the project's 2-core CPU (40 s on an AMD EPYC on 2026-12-04). **Uses**: the committed
 > `data/tiny-doge/` and the models of lessons 07-10 under `artifacts/` (`sft`, `dpo`, `reason_distill`, `grpo`).
 > Opened first, it trains the missing ones with their lessons' recipes (about 10 more minutes).
 
@@ -40,7 +40,6 @@ capitals - with held-out items only (`doge_from_scratch/benchmarks.py` makes the
 code(r"""
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # idle OpenMP threads sleep (a shared 2-core machine)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import json
