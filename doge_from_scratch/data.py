@@ -139,15 +139,19 @@ def make_preference_record(rng: random.Random, split: str) -> dict[str, Any]:
 REASONING_TASK_WEIGHTS = {"addition": 1, "compare_decimals": 1, "reverse_digits": 1, "capital": 1}
 
 
-def make_reasoning_record(rng: random.Random, split: str) -> dict[str, Any]:
-    """A Reason-Distill-style row: the card's system prompt, a question, a thought/solution reply."""
-    problem = _pick_task(rng, REASONING_TASK_WEIGHTS).sample_in_split(rng, split)
+def reasoning_record(problem: Problem) -> dict[str, Any]:
+    """A Reason-Distill-style row for ``problem``: the card's system prompt, its question, a thought/solution reply."""
     messages = [
         {"role": "system", "content": REASONING_SYSTEM_PROMPT},
         {"role": "user", "content": problem.question},
         {"role": "assistant", "content": reasoning_reply(problem)},
     ]
     return {"messages": messages, "task": problem.task, "answer": problem.answer}
+
+
+def make_reasoning_record(rng: random.Random, split: str) -> dict[str, Any]:
+    """A reasoning row of a random task (``REASONING_TASK_WEIGHTS``) from ``split``."""
+    return reasoning_record(_pick_task(rng, REASONING_TASK_WEIGHTS).sample_in_split(rng, split))
 
 
 # Stories give the corpus some free-running prose, so "sample text looks like the corpus" is visible.

@@ -10,6 +10,7 @@ import torch
 from doge_from_scratch import grpo, rewards
 from doge_from_scratch.cache import KVCache
 from doge_from_scratch.data import REASONING_SYSTEM_PROMPT
+from doge_from_scratch.tasks import split_of
 from doge_from_scratch.testing import (copy_into_reference, failed_checks, float32_error_check, float64_copy,
                                        reference_model, tiny_model_for)
 from doge_from_scratch.train_utils import trl_ready
@@ -106,6 +107,23 @@ def test_comparison_records_are_disjoint_across_splits():
     questions = lambda rows: {r["prompt"][-1]["content"] for r in rows}  # noqa: E731
     assert len(questions(test)) == 200 and not questions(train) & questions(test)
     assert all(r["prompt"][0]["content"] == REASONING_SYSTEM_PROMPT for r in test)
+
+
+def test_cold_start_traces_are_right_well_formed_training_comparisons():
+    problems = grpo.comparison_problems(grpo.COLD_START_TRACES, "train", grpo.COLD_START_SEED)
+    assert len({p.key for p in problems}) == grpo.COLD_START_TRACES
+    assert all(split_of(p.key) == "train" for p in problems)
+    records = grpo.cold_start_records()
+    held_out = {r["prompt"][-1]["content"] for r in grpo.comparison_records(240, "test", 1)}
+    assert not {r["messages"][1]["content"] for r in records} & held_out
+    for record in records:
+        prompt, reply = record["messages"][:2], record["messages"][2]["content"]
+        assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
+        assert rewards.is_strictly_formatted(reply), reply
+        assert rewards.is_correct(prompt, reply, record["task"], record["answer"]), reply
+    # the prompts GRPO trains on are the same questions comparison_problems draws
+    assert [r["prompt"][-1]["content"] for r in grpo.comparison_records(5, "train", 3)] == [
+        p.question for p in grpo.comparison_problems(5, "train", 3)]
 
 
 def test_settings_refuse_unknown_choices():

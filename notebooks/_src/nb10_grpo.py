@@ -6,8 +6,8 @@ cells = [
 md("""
 # Lesson 10 - GRPO: rewards instead of answers
 
-> **Run time**: about 3 minutes (181 s) on the project's 2-core CPU (an AMD EPYC, 2026-12-04), 169 s of it for the
-> 120 GRPO steps. **Uses**: lesson 09's distilled
+> **Run time**: about 4 minutes (233 s) on the project's 2-core CPU (an AMD EPYC, 2026-12-04), 12 s of it for the
+> cold start and 209 s for the 120 GRPO steps. **Uses**: lesson 09's distilled
 > student `artifacts/reason_distill/` (0.47M parameters, built on the committed `data/tiny-doge-student/`). A missing
 > one is trained first with lesson 09's settings (`grpo.ensure_reason_distill`), in under a minute.
 > **Writes** `artifacts/grpo/`, the model the evaluation lesson loads.
@@ -32,8 +32,9 @@ itself, with no value network. The pieces, in plain PyTorch:
    the k3 estimator);
 5. the four **loss normalisations** of TRL's `GRPOTrainer` (`grpo`, `bnpo`, `dr_grpo`, `dapo`) and why TRL's
    defaults are `beta = 0` and `dapo`;
-6. training lesson 09's student on decimal comparisons - the cards' own "3.9 or 3.11?" - and the measured effect
-   on **held-out** questions, with 95% intervals and the chance level.
+6. a **cold start** (a short SFT on worked comparisons, as DeepSeek-R1 began its RL), then GRPO on decimal
+   comparisons - the cards' own "3.9 or 3.11?" - and the measured effect of each on **held-out** questions, with
+   95% intervals and the chance level.
 
 `doge_from_scratch.grpo` holds the same code; `tests/test_grpo.py` checks that TRL 1.16's `GRPOTrainer` logs the
 same loss, advantages, rewards, clip ratios and KL as ours on the same completions (every loss type, beta 0 and
@@ -314,7 +315,7 @@ md("""
 Our recipe below keeps `beta = 0` and `dapo`.
 """),
 md("""
-## 6. Before GRPO: the student on held-out questions
+## 6. Before GRPO: the student, and a cold start
 
 Greedy replies to the 240 held-out questions, judged by the same strict checks as the rewards: **correct** means
 right, well formed and not hedging; **formatted** means exactly one non-empty thought and solution. 95% Wilson
@@ -329,24 +330,44 @@ def report(name, result):
         print(f"{name:22}{key:>10}: {k:>3}/{n} = {k / n:6.1%}  (95% CI {lo:.1%} .. {hi:.1%})")
 
 t0 = time.time()
-before = grpo.evaluate_reasoning(student, tokenizer, held_out, max_new_tokens=110, batch_size=24)
-report("before GRPO", before)
+distilled = grpo.evaluate_reasoning(student, tokenizer, held_out, max_new_tokens=110, batch_size=24)
+report("lesson 09's student", distilled)
 print(f"chance (a well-formed reply naming one of the two numbers at random): 50%; ({time.time() - t0:.0f}s)")
+"""),
+md("""
+### The cold start
+
+Lesson 09's reasoning data holds 100 comparisons among its 400 traces: the student learnt the layout of a
+trace, not the comparison. DeepSeek-R1 met the same problem at scale and began its RL from a **cold start**: SFT
+on a few thousand worked reasoning traces, so that the policy's samples are right often enough for the rewards to
+have something to reinforce. Ours is `grpo.cold_start`: 400 fresh comparisons of the *training* split, with the
+dataset's own worked traces (`data.reasoning_record`), one epoch of SFT at 1e-3 (`grpo.COLD_START_SETTINGS`).
+GRPO then starts from that model, and its gain is measured against it.
+"""),
+code("""
+started = copy.deepcopy(student)
+t0 = time.time()
+cold_history = grpo.cold_start(started, tokenizer, progress=False)
+print(f"cold start: {len(grpo.cold_start_records())} comparison traces, {len(cold_history)} steps, "
+      f"{time.time() - t0:.0f}s, loss {cold_history[0].loss:.3f} -> {cold_history[-1].loss:.3f}")
+before = grpo.evaluate_reasoning(started.eval(), tokenizer, held_out, max_new_tokens=110, batch_size=24)
+report("lesson 09's student", distilled)
+report("after the cold start", before)
 """),
 md("""
 ## 7. Training
 
 The recipe (`grpo.GRPOSettings` defaults): 120 steps, per step 8 prompts x G = 8 completions, `beta = 0`,
 `loss_type = "dapo"`, `epsilon = 0.2`, `scale_rewards = "group"`, one iteration per batch, AdamW at a constant
-2e-4 and gradient clipping at 1. (Measured on this student, scored on these 240 held-out questions along runs of
-this recipe: on an Intel Xeon 142 right after 40 steps, 147 after 80, 167 after 120, 183 after 160 and 189 after
-240; on an AMD EPYC 136, 143, 158 and 156 after 40, 80, 120 and 160. The same recipe ends tens of answers apart
-on two machines: float round-off differs between their CPUs, and 120 rounds of sampling carry it into different
-completions. A learning rate of 3e-4
-ended at 151 after 160 steps; 16 prompts a step, twice the cost of a step, at 172 after 80 and 177 after 120;
-temperature 1.0 at 161 after 160 (AMD). Earlier, on lesson 09's earlier student, 5e-4 gained nothing and 1e-4
-a little less than 2e-4. The step count was chosen on these same held-out questions, one pick of a few, so the lift
-below is a little optimistic; `docs/lesson-models.md` has the runs.) Rewards: accuracy + format, weight 1 each.
+2e-4 and gradient clipping at 1. Rewards: accuracy + format, weight 1 each. (Measured on the cold-started student,
+scored on these 240 held-out questions along runs of this recipe on an AMD EPYC: 181 right after 40 steps, 190
+after 80, 201 after 120 and 201 after 160; with a cold start of 800 traces instead of 400, 190 at the start and
+180, 194 and 180 after 40, 80 and 120. Without the cold start, from lesson 09's student itself: 136, 143, 158 and
+156 after 40, 80, 120 and 160 on the AMD EPYC, and 142, 147, 167, 183 and 189 after 40, 80, 120, 160 and 240 on an
+Intel Xeon. The same recipe ends tens of answers apart on two machines: float round-off differs between their
+CPUs, and 120 rounds of sampling carry it into different completions. The cold start's size and the step count
+were chosen on these same held-out questions, one pick of a few, so the figures below are a little optimistic;
+`docs/lesson-models.md` has the runs.)
 Two choices differ from TRL's defaults, both measured while building this lesson:
 
 - **`max_completion_length = 112`**: the longest comparison trace has 109 tokens; a tighter limit cuts the trap
@@ -358,7 +379,7 @@ Two choices differ from TRL's defaults, both measured while building this lesson
 """),
 code("""
 settings = grpo.GRPOSettings()
-policy = copy.deepcopy(student)
+policy = copy.deepcopy(started)
 t0 = time.time()
 history = grpo.train_grpo(policy, tokenizer, train_prompts, settings=settings, progress=False)
 policy.eval()
@@ -392,7 +413,8 @@ md("""
 code("""
 t0 = time.time()
 after = grpo.evaluate_reasoning(policy, tokenizer, held_out, max_new_tokens=110, batch_size=24)
-report("before GRPO", before)
+report("lesson 09's student", distilled)
+report("after the cold start", before)
 report("after GRPO", after)
 print(f"({time.time() - t0:.0f}s)")
 for subset, keep in (("trap questions (same whole part)", trap), ("different whole parts", lambda r: not trap(r))):
@@ -407,62 +429,51 @@ for name, result in (("before", before), ("after", after)):
     print(f"{name}: the solution names exactly one of the question's two numbers in {k}/{len(held_out)}")
 gains = sum(a and not b for a, b in zip(after["correct"], before["correct"]))
 drops = sum(b and not a for a, b in zip(after["correct"], before["correct"]))
-print(f"same questions, paired: right only after GRPO {gains}, only before {drops}; "
+print(f"GRPO against its start, paired: right only after GRPO {gains}, only before {drops}; "
       f"sign test p = {sign_test(gains, drops):.1e}")
+whole_gains = sum(a and not b for a, b in zip(after["correct"], distilled["correct"]))
+whole_drops = sum(b and not a for a, b in zip(after["correct"], distilled["correct"]))
+print(f"cold start + GRPO against lesson 09's student: right only after {whole_gains}, only before {whole_drops}; "
+      f"sign test p = {sign_test(whole_gains, whole_drops):.1e}")
 lo_after, _ = wilson_interval(after["n_correct"], after["n"])
 _, hi_before = wilson_interval(before["n_correct"], before["n"])
-print(f"intervals separated (after's lower bound {lo_after:.1%} > before's upper bound {hi_before:.1%}):",
+print(f"GRPO's intervals separated (after's lower bound {lo_after:.1%} > its start's upper bound {hi_before:.1%}):",
       lo_after > hi_before)
 """),
 md("""
-What the figures say (the committed run, on an AMD EPYC; the printed numbers are the measurement). GRPO lifts the
-held-out accuracy from 42.1% (101/240, 95% CI 36.0-48.4%), below a coin's 50%, to 65.8% (158/240, 59.6-71.5%), and
-keeps the format at 100%. The two intervals are apart, and on the same questions 79 are right only after GRPO and
-22 only before (sign test p = 1e-8). That is far short of the 90% this lesson aimed at. (On an Intel Xeon the same
-recipe stood at 167 after 120 rounds and 183 after 160: see section 7 on why one recipe lands apart on two CPUs.)
+What the figures say (the committed run, on an AMD EPYC; the printed numbers are the measurement):
 
-The split by kind says what GRPO changed. Before, the student wrote the equal-whole-parts thought ("The whole parts
-are both 6 ...") for nearly every pair: the trap questions (equal whole parts, the "3.9 or 3.11" kind) were mostly
-right, 87 of 117, the others almost never, 14 of 123, and only 117 of the 240 solutions named exactly one of the
-question's two numbers. After, the different whole parts are right 71 of 123 and the traps still 87 of 117, and 171
-solutions name exactly one of the two numbers. **The thoughts no longer mean what they say**: the model now writes
-"The whole parts are 7 and 7. They are different" on 115 of the 117 traps, 238 of the 240 thoughts hold a stuttered
-"SoSo", and 166 end in a line that does not name the question's two numbers ("So 7.5 is bigger than 7...", below;
-measured on the saved model). The rewards judge only the solution, so the thought drifts at no cost, and the
-solutions were learnt around it. Of the 82 wrong answers, 69 name a number that is not exactly one of the question's
-two: copying, more than comparing, is what is left. (The previous recipe, 160 rounds on an Intel Xeon, ended at
-183 = 76.2% with the same drift.)
+- **The cold start does most of the work.** 400 worked comparisons take lesson 09's student from 42.1% (101/240,
+  95% CI 36.0-48.4%), below a coin's 50%, to 75.4% (181/240, 69.6-80.4%) in 12 seconds.
+- **GRPO adds to it**: 83.8% (201/240, 78.6-87.9%), with the format at 100% throughout. On the same questions 24 are
+  right only after GRPO and 4 only before (sign test p = 1.8e-4), so the gain is real. But it is 20 answers, and the
+  two 95% intervals still overlap (78.6% against 80.4%), so this run does not meet the lesson's aim of separate
+  intervals. Nor does it reach 90%.
+- Together, against lesson 09's student: 102 questions right only after, 2 only before.
 
-What else was tried for 90%, on the same 240 questions but from lesson 09's earlier student (the chat model cut to
-3 layers, 1.26M parameters, which this recipe took from 136 to 166 right, 69.2% [63.1, 74.7]), and did *not* get
-there:
+The split by kind says where GRPO helped. The trap questions (equal whole parts, the "3.9 or 3.11" kind) were
+already right 109 of 117 after the cold start, and are 112 after. The questions whose whole parts differ went
+from 72 to 89 of 123. The thoughts still mean what they say: the model writes the branch the question needs (equal
+or different whole parts) in 186 of 240 replies (measured on the saved model), and no thought stutters. GRPO from
+lesson 09's student alone, in this lesson's previous version, had drifted: the thoughts called every pair's whole
+parts different and stuttered "SoSo" while the solutions were learnt around them (65.8%, 158/240).
 
-- **a reward on the thought** (half a point for restating exactly the question's two numbers, half for the right
-  branch): 164 right (68.3% [62.2, 73.9]), against 166 without it;
-- **80 GRPO steps instead of 40**: 159 (66.3% [60.1, 71.9]);
-- **more SFT first**: 1600 fresh comparison traces from the training split lift the student to 196 (81.7% [76.3, 86.1])
-  before any GRPO - more than GRPO does - and 40 GRPO steps from there end at 194 (80.8% [75.4, 85.3]).
-- **a different comparison trace** in the reasoning data (a fresh student, lesson 09's settings, then this
-  recipe): one that writes both whole parts before it decides ("The whole parts are 6 and 6. They are the same,
-  ...") ends at 143 (59.6% [53.3, 65.6]), one that goes digit by digit ("0 = 0, 6 = 6, 8 > 4.") at 156
-  (65.0% [58.8, 70.8]).
+What is left is copying. Of the 39 wrong answers, 36 name a number that is not one of the question's two: "Is 14.9
+or 18.49 the bigger number?" gets the equal-parts branch with "16.90 and 18.49", then "The bigger number is
+18.9". Lesson 09's student has 0.47M parameters and 4 layers 96 wide, and at that size copying a two- or four-digit
+number through a 110-token trace is itself the hard part.
 
-With this student the rounds are what matters, and section 5's shared prefix is what pays for them: 120 rounds
-now take less time than 80 took with whole rows. Along one run of this recipe on an Intel Xeon (the same 240
-questions): 167 right after 120 rounds, 183 after 160, 186 after 200 and 189 after 240 (78.8% [73.1, 83.5]) - still
-gaining, but by a few answers per 40 rounds, and past this lesson's time; on an AMD EPYC the run flattened at 120
-(158, then 156 after 160). Rounds of 16 prompts (1.8x the cost of a round) reach 172 after 80 and 177 after 120, no
-better for the time; a learning rate of 3e-4 ends at 151 after 160; a third reward for a thought whose last line
-names the question's two numbers and a solution that names one of them (half a point each) ends at 147 after 160,
-and a cosine decay of the learning rate to a tenth at 153 (AMD).
+What else was tried for 90% on the same 240 questions, and did *not* get there (`docs/lesson-models.md` has the
+runs):
 
-GRPO itself works: trained on 16 fixed prompts, it gets 15 of them right within 30 steps. But the same model
-is no better on other questions (28 of 48 other training prompts, 58% [44, 71]; chance 50%). At this size,
-a few hundred sampled groups fix answers prompt by prompt more than
-they teach the rule. Nor is it the trace's fault: with both whole parts written out, the student still writes "7
-and 7. They are different", and on questions whose whole parts differ it is right at a coin's rate. From 100
-comparison traces, neither that 3-layer model 192 wide nor this student learns to order two numbers. Only more
-comparison examples moved it, more than lesson 09's time allows.
+- **a larger cold start**: 800 traces start at 190 but end at 180 after 120 GRPO steps (194 after 80);
+- **more GRPO steps without a cold start**: the own-base student flattened near 158 on this machine and reached 189
+  after 240 steps on an Intel Xeon; rounds of 16 prompts, a learning rate of 3e-4, temperature 1.0, a cosine
+  decay and a reward for copying the question's numbers gained nothing;
+- on lesson 09's earlier student (the chat model cut to 3 layers): **a reward on the thought** (164 against 166
+  without it), and **1600 fresh comparison traces** (196 before GRPO, 194 after);
+- **a different comparison trace** in the reasoning data: one that writes both whole parts before it decides
+  ended at 143 (59.6%), one that goes digit by digit at 156 (65.0%).
 
 A few held-out questions, before and after (greedy):
 """),
@@ -481,11 +492,11 @@ The Doge-160M-Reason-Distill card's usage code on its own question, with our `fr
 
 The card's snippet calls `apply_chat_template` without `add_generation_prompt=True`, so its prompt ends after the
 user's turn, with no assistant header. No lesson trained on that, and the sampled reply skips its thought: it
-starts with an end-of-solution tag, then says "The bigger number is 3.9." - not a well-formed reply. With the
-header added and the same seed (measured, not run here) it writes the same reply as the greedy one below. That one
-uses the header, like every score in this lesson, and its answer is **right, for a wrong reason**: its thought says
-the whole parts "3 and 3" are different and ends "So 3.9 is bigger than 3.91", the drift described in section 8.
-The answer is what the rewards paid for; the thought is not.
+opens a solution section at once and says "The bigger number is 3.9." - right, but not a well-formed reply. With
+the header added and the same seed (measured, not run here) it writes the same reply as the greedy one below. That
+one uses the header, like every score in this lesson, and it is **right for the right reason**: the whole parts
+are both 3, so it writes 3.90 and 3.11 and compares 90 with 11 hundredths. (Before the cold start was added, the
+lesson's GRPO model answered this question right with a thought that called the whole parts different.)
 """),
 code("""
 grpo_folder = save_stage(policy, tokenizer, ARTIFACTS_DIR / "grpo", history, settings)

@@ -390,9 +390,10 @@ How to read it. Scores below chance are possible and informative: a log-likeliho
 its distractors. The breakdown above shows where the ARC-style reversals go: by raw ll the model mostly prefers a
 choice that is *shorter* - the list with its last digit dropped costs one token fewer - or the list echoed as
 given (copying the question is cheap). Dividing by length (`acc_norm`) is the harness's answer to the first
-bias. The PIQA-style decimal comparisons are where the models of lessons 06-08 are far above chance; the
-reasoning models, scored on the plain prompt without their system prompt, are near chance there (within
-two standard errors of 50%). The IFEval-style
+bias. The PIQA-style decimal comparisons are where the models of lessons 06-08 are far above chance. The
+reasoning models are scored there on the plain prompt, without their system prompt: lesson 09's student is near
+chance (within two standard errors of 50%), and lesson 10's model, whose cold start and GRPO trained on decimal
+comparisons, is less than 3 standard errors above it. The IFEval-style
 scores mostly measure length: the pretrained model rambles on and passes almost nothing, while short replies
 without commas pass two of the three instruction kinds whatever they say, which is most of what the chat models
 score. The end-phrase instruction, which no lesson data ever taught, is what would separate a model that follows
