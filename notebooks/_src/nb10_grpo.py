@@ -6,8 +6,8 @@ cells = [
 md("""
 # Lesson 10 - GRPO: rewards instead of answers
 
-> **Run time**: about 4 minutes (210 s) on the project's 2-core CPU (an AMD EPYC, 2026-12-04), 12 s of it for the
-> cold start and 186 s for the 120 GRPO steps. **Uses**: lesson 09's distilled
+> **Run time**: about 4 minutes (225 s) on the project's 2-core CPU (an AMD EPYC, 2026-12-04), 15 s of it for the
+> cold start and 195 s for the 120 GRPO steps. **Uses**: lesson 09's distilled
 > student `artifacts/reason_distill/` (0.47M parameters, built on the committed `data/tiny-doge-student/`). A missing
 > one is trained first with lesson 09's settings (`grpo.ensure_reason_distill`), in under a minute.
 > **Writes** `artifacts/grpo/`, the model the evaluation lesson loads.
@@ -351,7 +351,7 @@ code("""
 started = copy.deepcopy(student)
 t0 = time.time()
 cold_history = grpo.cold_start(started, tokenizer, progress=False)
-print(f"cold start: {len(grpo.cold_start_records())} comparison traces, {len(cold_history)} steps, "
+print(f"cold start: {grpo.COLD_START_TRACES} comparison traces, {len(cold_history)} steps, "
       f"{time.time() - t0:.0f}s, loss {cold_history[0].loss:.3f} -> {cold_history[-1].loss:.3f}")
 before = grpo.evaluate_reasoning(started.eval(), tokenizer, held_out, max_new_tokens=110, batch_size=24)
 report("lesson 09's student", distilled)
@@ -431,12 +431,16 @@ def names_one_option(record, text):
 for name, result in (("before", before), ("after", after)):
     k = sum(names_one_option(r, t) for r, t in zip(held_out, result["replies"]))
     print(f"{name}: the solution names exactly one of the question's two numbers in {k}/{len(held_out)}")
-gains = sum(a and not b for a, b in zip(after["correct"], before["correct"]))
-drops = sum(b and not a for a, b in zip(after["correct"], before["correct"]))
+def paired(new, old):
+    # questions right only with `new`, and only with `old`: the two counts the sign test reads
+    pairs = list(zip(new["correct"], old["correct"]))
+    return sum(n and not o for n, o in pairs), sum(o and not n for n, o in pairs)
+
+
+gains, drops = paired(after, before)
 print(f"GRPO against its start, paired: right only after GRPO {gains}, only before {drops}; "
       f"sign test p = {sign_test(gains, drops):.1e}")
-whole_gains = sum(a and not b for a, b in zip(after["correct"], distilled["correct"]))
-whole_drops = sum(b and not a for a, b in zip(after["correct"], distilled["correct"]))
+whole_gains, whole_drops = paired(after, distilled)
 print(f"cold start + GRPO against lesson 09's student: right only after {whole_gains}, only before {whole_drops}; "
       f"sign test p = {sign_test(whole_gains, whole_drops):.1e}")
 lo_after, _ = wilson_interval(after["n_correct"], after["n"])
@@ -448,7 +452,7 @@ md("""
 What the figures say (the committed run, on an AMD EPYC; the printed numbers are the measurement):
 
 - **The cold start does most of the work.** 400 worked comparisons take lesson 09's student from 42.1% (101/240,
-  95% CI 36.0-48.4%), below a coin's 50%, to 75.4% (181/240, 69.6-80.4%) in 12 seconds.
+  95% CI 36.0-48.4%), below a coin's 50%, to 75.4% (181/240, 69.6-80.4%) in 15 seconds.
 - **GRPO adds to it**: 83.8% (201/240, 78.6-87.9%), with the format at 100% throughout. On the same questions 24 are
   right only after GRPO and 4 only before (sign test p = 1.8e-4), so the gain is real. But it is 20 answers, and the
   two 95% intervals still overlap (78.6% against 80.4%), so this run does not meet the lesson's aim of separate
